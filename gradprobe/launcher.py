@@ -1,0 +1,154 @@
+"""Run a user's training script as ``__main__`` while a session records it.
+
+The script sees what it would see without gradprobe: ``sys.argv`` is
+``[script, *args]``, ``sys.path[0]`` is the script's directory, the working
+directory is unchanged, its stdout is untouched and its exit code becomes
+gradprobe's. Framework adapters attach when the script imports the framework.
+The run is flushed and closed however the script ends: normally,
+``sys.exit(n)``, an exception, ``--max-steps``, SIGINT or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+import signal
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from gradprobe.errors import GradprobeError
+from gradprobe.importhooks import PostImportHooks
+from gradprobe.session import Session, StopTraining, describe_exception
+
+
+class _Terminated(BaseException):
+    """SIGTERM turned into an exception so that the run can be flushed."""
+
+
+@dataclass
+class Outcome:
+    """How the script ended: gradprobe's exit code, the run status and what to re-raise."""
+
+    exit_code: int
+    status: str
+    error: str | None = None
+    stop_reason: str | None = None
+    signal: int | None = None
+
+
+def check_script(script: str) -> Path:
+    """Validate that ``script`` is a readable Python file that compiles; return its path."""
+    path = Path(script)
+    if not path.exists():
+        raise GradprobeError(f"script not found: {script}")
+    if path.is_dir():
+        raise GradprobeError(f"{script} is a directory, not a Python script")
+    try:
+        source = path.read_bytes()
+    except OSError as exc:
+        raise GradprobeError(f"cannot read {script}: {exc.strerror or exc}") from None
+    try:
+        compile(source, str(path), "exec")
+    except SyntaxError as exc:
+        raise GradprobeError(f"{script}:{exc.lineno}: syntax error: {exc.msg}") from None
+    except ValueError as exc:
+        raise GradprobeError(f"{script}: cannot be compiled: {exc}") from None
+    return path
+
+
+def _attachments(session: Session) -> dict[str, Callable[[object], None]]:
+    """What to attach when the script imports each framework."""
+
+    def attach_torch(_module: object) -> None:
+        try:
+            from gradprobe.pytorch import TorchRecorder
+
+            session.recorders.append(TorchRecorder(session).install())
+        except Exception as exc:  # never break the script's import
+            print(f"gradprobe: cannot attach to PyTorch ({describe_exception(exc)}); "
+                  "the script runs unrecorded", file=sys.stderr)
+
+    return {"torch": attach_torch}
+
+
+def run_script(session: Session, script: str, args: Sequence[str]) -> Outcome:
+    """Execute ``script`` with ``args`` under ``session``; always closes the session."""
+    path = check_script(script)
+    hooks = PostImportHooks(_attachments(session)).install()
+    saved_argv, saved_path0 = sys.argv, sys.path[0] if sys.path else None
+    sys.argv = [script, *args]
+    script_dir = str(path.resolve().parent)
+    if sys.path:
+        sys.path[0] = script_dir
+    else:
+        sys.path.insert(0, script_dir)
+    previous_term = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        outcome = _execute(path)
+    finally:
+        signal.signal(signal.SIGTERM, previous_term)
+        hooks.remove()
+        for recorder in session.recorders:
+            recorder.remove()
+        sys.argv = saved_argv
+        if saved_path0 is not None:
+            sys.path[0] = saved_path0
+    session.close(outcome.status, outcome.exit_code, outcome.error, outcome.stop_reason)
+    return outcome
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
+
+
+def _execute(path: Path) -> Outcome:
+    try:
+        runpy.run_path(str(path), run_name="__main__")
+    except SystemExit as exc:
+        return _exit_outcome(exc)
+    except StopTraining as exc:
+        return Outcome(0, "finished", stop_reason=str(exc))
+    except KeyboardInterrupt as exc:
+        _print_script_traceback(exc, path)
+        return Outcome(130, "interrupted", error="KeyboardInterrupt", signal=signal.SIGINT)
+    except _Terminated:
+        return Outcome(143, "interrupted", error="terminated by SIGTERM", signal=signal.SIGTERM)
+    except BaseException as exc:  # the script's own failure: report it as Python would
+        _print_script_traceback(exc, path)
+        return Outcome(1, "crashed", error=describe_exception(exc))
+    return Outcome(0, "finished")
+
+
+def _exit_outcome(exc: SystemExit) -> Outcome:
+    code = exc.code
+    if code is None:
+        exit_code = 0
+    elif isinstance(code, int):
+        exit_code = code
+    else:
+        print(code, file=sys.stderr)
+        exit_code = 1
+    status = "finished" if exit_code == 0 else "crashed"
+    return Outcome(exit_code, status, error=None if exit_code == 0 else f"SystemExit: {code}")
+
+
+def _print_script_traceback(exc: BaseException, path: Path) -> None:
+    """Print the traceback from the script's first frame on, hiding gradprobe's and runpy's."""
+    tb = exc.__traceback__
+    script = str(path.resolve())
+    while tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename) != script:
+        tb = tb.tb_next
+    traceback.print_exception(type(exc), exc, tb or exc.__traceback__, file=sys.stderr)
+
+
+def reraise_signal(outcome: Outcome) -> None:
+    """End the process by the signal that ended the script, as the shell would see it."""
+    if outcome.signal is None:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    signal.signal(outcome.signal, signal.SIG_DFL)
+    os.kill(os.getpid(), outcome.signal)

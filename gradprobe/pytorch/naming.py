@@ -1,0 +1,145 @@
+"""Names for parameters, taken from the modules that own them.
+
+When gradprobe profiles an unmodified script it has no handle on the model.
+The first time it meets parameters it cannot name, it finds the root modules
+alive in the process (modules that are nobody's child), unwraps DDP /
+DataParallel / ``torch.compile`` wrappers, and names each parameter by its
+path in its root (``features.0.weight``). When several roots own recorded
+parameters, each name is prefixed with the variable the script bound the root
+to (``netG.main.0.weight``), or its class name when no variable is found.
+Parameters owned by no module are named after the variable that holds them,
+else ``param.<group>.<index>``.
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+from dataclasses import dataclass
+from types import FrameType
+from typing import Iterable, Mapping
+
+import torch
+
+_WRAPPER_ATTRS = ("_orig_mod", "module")
+_WRAPPER_CLASSES = ("OptimizedModule", "DistributedDataParallel", "DataParallel", "FullyShardedDataParallel")
+
+
+@dataclass(frozen=True)
+class ParamName:
+    """Where a parameter lives: its name, its group (top-level module) and depth order."""
+
+    name: str
+    group: str
+    order: tuple[int, int]
+
+
+def unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    """Strip DDP, DataParallel, FSDP (v1) and ``torch.compile`` wrappers."""
+    while type(module).__name__ in _WRAPPER_CLASSES:
+        inner = next((getattr(module, a) for a in _WRAPPER_ATTRS if hasattr(module, a)), None)
+        if not isinstance(inner, torch.nn.Module):
+            break
+        module = inner
+    return module
+
+
+def _is_internal(module: torch.nn.Module) -> bool:
+    """Modules torch builds for itself (fx / dynamo graphs) that alias the user's parameters."""
+    return type(module).__module__.startswith(("torch.fx", "torch._"))
+
+
+def _live_roots() -> list[torch.nn.Module]:
+    """Modules alive in the process that are no other module's child and own trainable parameters."""
+    modules = [o for o in gc.get_objects() if issubclass(type(o), torch.nn.Module) and not _is_internal(o)]
+    children = {id(child) for m in modules for child in m.children()}
+    return [
+        unwrap(m)
+        for m in modules
+        if id(m) not in children and any(p.requires_grad for p in m.parameters())
+    ]
+
+
+def _user_frames() -> Iterable[FrameType]:
+    frame = sys._getframe(1)
+    while frame is not None:
+        module = frame.f_globals.get("__name__", "")
+        if not (module.startswith("gradprobe") or module.startswith("torch")):
+            yield frame
+        frame = frame.f_back
+
+
+def _variable_names(targets: Mapping[int, object]) -> dict[int, str]:
+    """Map ids of ``targets`` to the first variable name that refers to them in user frames."""
+    found: dict[int, str] = {}
+    for frame in _user_frames():
+        for scope in (frame.f_locals, frame.f_globals):
+            for var, value in list(scope.items()):
+                if var.startswith("_") or var == "self" or id(value) not in targets:
+                    continue
+                found.setdefault(id(value), var)
+        if len(found) == len(targets):
+            break
+    return found
+
+
+class ParamNamer:
+    """Resolves parameters to :class:`ParamName`; explicit ``models`` skip the discovery."""
+
+    def __init__(self, models: Mapping[str, torch.nn.Module] | None = None):
+        self._explicit = {label: unwrap(m) for label, m in (models or {}).items()}
+        self._names: dict[int, ParamName] = {}
+        if self._explicit:
+            self._index(self._explicit, prefix=len(self._explicit) > 1)
+
+    def watched(self, param: torch.Tensor) -> bool:
+        """Whether ``param`` belongs to the models being recorded (all, when discovering)."""
+        return not self._explicit or id(param) in self._names
+
+    def names(self, params: list[torch.Tensor]) -> list[ParamName]:
+        """Names for ``params``, discovering roots once for any unknown parameter."""
+        if not self._explicit and any(id(p) not in self._names for p in params):
+            self._discover(params)
+        return [self._names.get(id(p)) or self._fallback(p, i) for i, p in enumerate(params)]
+
+    def trainable_params(self) -> list[torch.Tensor]:
+        """Parameters a loop without an optimizer may update: those of the watched or
+        discovered models, plus leaf tensors requiring grad that user code holds in variables."""
+        roots = list(self._explicit.values()) if self._explicit else _live_roots()
+        found: dict[int, torch.Tensor] = {}
+        for root in roots:
+            for p in root.parameters():
+                if p.requires_grad:
+                    found.setdefault(id(p), p)
+        if not self._explicit:
+            for frame in _user_frames():
+                for value in list(frame.f_locals.values()) + list(frame.f_globals.values()):
+                    if isinstance(value, torch.Tensor) and value.requires_grad and value.is_leaf:
+                        found.setdefault(id(value), value)
+        return list(found.values())
+
+    def _discover(self, params: list[torch.Tensor]) -> None:
+        owners = _live_roots()
+        labels = _variable_names({id(r): r for r in owners})
+        by_label: dict[str, torch.nn.Module] = {}
+        for root in owners:
+            label = labels.get(id(root), type(root).__name__)
+            while label in by_label:
+                label += "_"
+            by_label[label] = root
+        self._index(by_label, prefix=len(owners) > 1)
+        loose = {id(p): p for p in params if id(p) not in self._names}
+        for pid, var in _variable_names(loose).items():
+            self._names[pid] = ParamName(var, var, (len(by_label), len(self._names)))
+
+    def _index(self, roots: Mapping[str, torch.nn.Module], prefix: bool) -> None:
+        for r, (label, root) in enumerate(roots.items()):
+            for position, (name, p) in enumerate(root.named_parameters()):
+                full = f"{label}.{name}" if prefix else name
+                group = label if prefix else (name.split(".")[0] if "." in name else "(root)")
+                self._names.setdefault(id(p), ParamName(full, group, (r, position)))
+
+    def _fallback(self, param: torch.Tensor, index: int) -> ParamName:
+        name = ParamName(f"param.{index}", "(unowned)", (1 << 30, index))
+        self._names[id(param)] = name
+        return name

@@ -1,0 +1,280 @@
+"""PyTorch hooks: where gradprobe reads gradients in any training loop.
+
+* Optimizer loops: a global optimizer step pre-hook reads the gradients the
+  update is about to use (after accumulation and AMP unscaling). With a
+  closure (LBFGS, or any ``step(closure)``), the gradient of the closure's
+  first evaluation in the step is recorded: the gradient at the parameters the
+  step starts from.
+* ``GradScaler.step`` that skips the update on inf/NaN: recorded with
+  ``skipped`` set, gradients as unscaled.
+* No optimizer at all (``p.data.add_(p.grad, alpha=-lr)``): one record per
+  ``backward()`` call, once it is clear no optimizer exists.
+* The loss is the scalar ``backward()`` was called on (summed over the
+  backward calls since the previous step, unscaled when it came from
+  ``GradScaler.scale``).
+* A script's own ``torch.nn.utils.clip_grad_norm_`` call is observed: its
+  returned norm is recorded as the pre-clip norm and ``max_norm`` as the
+  threshold, so the report can tell whether that clipping ever fires.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import sys
+from typing import Any, Callable
+
+import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+from gradprobe.pytorch.naming import ParamNamer
+from gradprobe.pytorch.stream import Stream
+from gradprobe.session import Session, StopTraining
+
+
+class TorchRecorder:
+    """Installs gradprobe's hooks into torch and feeds a :class:`~gradprobe.session.Session`."""
+
+    def __init__(self, session: Session, namer: ParamNamer | None = None):
+        self.session = session
+        self.namer = namer or ParamNamer()
+        self.streams: dict[int, Stream] = {}
+        self.backward_stream: Stream | None = None
+        self.optimizer_exists = False
+        self.disabled = False
+        self._pending_loss: torch.Tensor | None = None
+        self._scaled_loss: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._user_clip: tuple[torch.Tensor, float] | None = None
+        self._pre_steps: dict[int, int] = {}
+        self._handles: list[Any] = []
+        self._patches: list[tuple[Any, str, Any]] = []
+
+    # -- installation -------------------------------------------------------------------
+
+    def install(self) -> "TorchRecorder":
+        """Register the hooks and patches; idempotent per recorder."""
+        self.session.set_framework("torch", torch.__version__)
+        self.optimizer_exists = any(issubclass(type(o), torch.optim.Optimizer) for o in gc.get_objects())
+        self._handles.append(register_optimizer_step_pre_hook(self._guard(self._pre_step)))
+        self._handles.append(register_optimizer_step_post_hook(self._guard(self._post_step)))
+        recorder = self
+
+        original_backward = torch.Tensor.backward
+
+        @functools.wraps(original_backward)
+        def backward(tensor, *args, **kwargs):
+            recorder._guard(recorder._before_backward)(tensor)
+            result = original_backward(tensor, *args, **kwargs)
+            recorder._guard(recorder._after_backward)()
+            return result
+
+        self._patch(torch.Tensor, "backward", backward)
+
+        original_init = torch.optim.Optimizer.__init__
+
+        @functools.wraps(original_init)
+        def optimizer_init(optimizer, *args, **kwargs):
+            recorder.optimizer_exists = True
+            return original_init(optimizer, *args, **kwargs)
+
+        self._patch(torch.optim.Optimizer, "__init__", optimizer_init)
+
+        from torch.amp import GradScaler
+
+        original_scale, original_step = GradScaler.scale, GradScaler.step
+
+        @functools.wraps(original_scale)
+        def scale(scaler, outputs):
+            scaled = original_scale(scaler, outputs)
+            if isinstance(outputs, torch.Tensor) and outputs.numel() == 1:
+                recorder._scaled_loss = (scaled, outputs.detach())
+            return scaled
+
+        @functools.wraps(original_step)
+        def step(scaler, optimizer, *args, **kwargs):
+            before = recorder._pre_steps.get(id(optimizer), 0)
+            result = original_step(scaler, optimizer, *args, **kwargs)
+            if scaler.is_enabled() and recorder._pre_steps.get(id(optimizer), 0) == before:
+                recorder._guard(recorder._record_skipped)(optimizer)
+            return result
+
+        self._patch(GradScaler, "scale", scale)
+        self._patch(GradScaler, "step", step)
+
+        import torch.nn.utils.clip_grad as clip_grad
+
+        original_clip = clip_grad.clip_grad_norm_
+
+        @functools.wraps(original_clip)
+        def clip_grad_norm_(parameters, max_norm, *args, **kwargs):
+            total = original_clip(parameters, max_norm, *args, **kwargs)
+            recorder._user_clip = (total, float(max_norm))
+            return total
+
+        self._patch(clip_grad, "clip_grad_norm_", clip_grad_norm_)
+        self._patch(torch.nn.utils, "clip_grad_norm_", clip_grad_norm_)
+        return self
+
+    def remove(self) -> None:
+        """Flush what is buffered and undo every hook and patch."""
+        self.flush()
+        for handle in self._handles:
+            handle.remove()
+        for owner, attr, original in reversed(self._patches):
+            setattr(owner, attr, original)
+        self._handles.clear()
+        self._patches.clear()
+
+    def flush(self) -> None:
+        """Write every stream's buffered steps to the run."""
+        for stream in self._all_streams():
+            try:
+                stream.flush()
+            except Exception as exc:  # a failed flush must not hide the script's own outcome
+                self._report(exc, "flush")
+
+    def _patch(self, owner: Any, attr: str, replacement: Any) -> None:
+        self._patches.append((owner, attr, getattr(owner, attr)))
+        setattr(owner, attr, replacement)
+
+    def _all_streams(self) -> list[Stream]:
+        return list(self.streams.values()) + ([self.backward_stream] if self.backward_stream else [])
+
+    # -- error containment --------------------------------------------------------------
+
+    def _guard(self, fn: Callable) -> Callable:
+        """Run ``fn`` so that its failures never reach the training loop."""
+
+        @functools.wraps(fn)
+        def guarded(*args, **kwargs):
+            if self.disabled:
+                return None
+            try:
+                return fn(*args, **kwargs)
+            except StopTraining:
+                raise
+            except Exception as exc:
+                self._report(exc, fn.__name__.strip("_"))
+                return None
+
+        return guarded
+
+    def _report(self, exc: Exception, where: str) -> None:
+        self.disabled = True
+        print(
+            f"gradprobe: internal error in {where} ({type(exc).__name__}: {exc}); "
+            "recording stopped, training continues",
+            file=sys.stderr,
+        )
+
+    # -- optimizer steps ----------------------------------------------------------------
+
+    def _stream(self, optimizer: torch.optim.Optimizer) -> Stream | None:
+        params = list({id(p): p for g in optimizer.param_groups for p in g["params"]}.values())
+        params = [p for p in params if p.requires_grad and self.namer.watched(p)]
+        stream = self.streams.get(id(optimizer))
+        if stream is not None and stream.param_ids == {id(p) for p in params}:
+            return stream
+        if not params:
+            return None
+        if stream is not None:
+            stream.flush()
+            index = stream.index
+        else:
+            index = self.session.add_optimizer(
+                {
+                    "class": type(optimizer).__name__,
+                    "param_groups": len(optimizer.param_groups),
+                    "lr": [g.get("lr") for g in optimizer.param_groups],
+                }
+            )
+        previous_steps = stream.steps if stream is not None else 0
+        stream = Stream(self.session, self.namer, index, params)
+        stream.steps = previous_steps
+        self.streams[id(optimizer)] = stream
+        return stream
+
+    def _pre_step(self, optimizer, args, kwargs):
+        self.optimizer_exists = True
+        self._pre_steps[id(optimizer)] = self._pre_steps.get(id(optimizer), 0) + 1
+        closure = kwargs.get("closure", args[0] if args else None)
+        if callable(closure):
+            wrapped = self._wrap_closure(optimizer, closure)
+            if "closure" in kwargs:
+                return args, {**kwargs, "closure": wrapped}
+            return (wrapped, *args[1:]), kwargs
+        self._record(optimizer)
+        return None
+
+    def _wrap_closure(self, optimizer, closure):
+        first = [True]
+
+        @functools.wraps(closure)
+        def wrapped(*args, **kwargs):
+            loss = closure(*args, **kwargs)
+            if first[0]:
+                first[0] = False
+                self._guard(self._record)(optimizer)
+            return loss
+
+        return wrapped
+
+    def _post_step(self, optimizer, args, kwargs):
+        stream = self.streams.get(id(optimizer))
+        if stream is not None and self.session.count_step(stream.steps):
+            raise StopTraining(f"max steps ({self.session.max_steps}) reached")
+
+    def _record_skipped(self, optimizer) -> None:
+        self._record(optimizer, skipped=True)
+        self._post_step(optimizer, (), {})
+
+    def _record(self, optimizer, skipped: bool = False) -> None:
+        stream = self._stream(optimizer)
+        loss, self._pending_loss = self._pending_loss, None
+        user_clip, self._user_clip = self._user_clip, None
+        if stream is None:
+            return
+        grad_scale = getattr(optimizer, "grad_scale", None)
+        found_inf = getattr(optimizer, "found_inf", None)
+        stats = stream.measure(grad_scale if isinstance(grad_scale, torch.Tensor) else None)
+        if isinstance(found_inf, torch.Tensor):
+            skipped = found_inf.reshape(-1)[0] > 0
+        if user_clip is None:
+            stream.record(stats, loss=loss, skipped=skipped)
+            return
+        pre_norm = user_clip[0].detach().to(stream.device, torch.float32)
+        stream.record(
+            stats,
+            loss=loss,
+            skipped=skipped,
+            pre_norm=pre_norm,
+            scale=torch.clamp(stats.global_norm / pre_norm, max=1.0),
+            threshold=user_clip[1],
+        )
+
+    # -- backward passes ----------------------------------------------------------------
+
+    def _before_backward(self, tensor: torch.Tensor) -> None:
+        stream = self.backward_stream
+        if stream is not None and not self.optimizer_exists and self.session.count_step(stream.steps):
+            raise StopTraining(f"max steps ({self.session.max_steps}) reached")
+        if tensor.numel() != 1 or not tensor.is_floating_point():
+            return
+        loss = tensor.detach()
+        if self._scaled_loss is not None and self._scaled_loss[0] is tensor:
+            loss = self._scaled_loss[1]
+        self._scaled_loss = None
+        loss = loss.reshape(()).float()
+        self._pending_loss = loss if self._pending_loss is None else self._pending_loss + loss
+
+    def _after_backward(self) -> None:
+        if self.optimizer_exists:
+            return
+        if self.backward_stream is None:
+            params = self.namer.trainable_params()
+            if not params:
+                return
+            index = self.session.add_optimizer({"class": None, "kind": "backward"})
+            self.backward_stream = Stream(self.session, self.namer, index, params)
+        loss, self._pending_loss = self._pending_loss, None
+        self.backward_stream.record(self.backward_stream.measure(), loss=loss)

@@ -1,0 +1,186 @@
+"""On-device buffers of one optimizer's steps, copied to the host and written every flush."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+
+from gradprobe.pytorch.naming import ParamNamer
+from gradprobe.pytorch.norms import dense, foreach_norms, global_norm, nonfinite_counts
+from gradprobe.session import Session
+
+# Columns of the per-step device buffer, in order.
+STEP_COLUMNS = ("global_norm", "global_norm_post", "clip_scale", "clip_threshold", "loss", "skipped")
+
+
+class StepStats:
+    """What one step measured, on the device: per-layer L2 norms and the global norm.
+
+    ``present`` lists the positions (into the stream's parameters) that had a
+    gradient; ``norms`` holds their L2 norms in that order.
+    """
+
+    def __init__(self, present: list[int], grads: list[torch.Tensor], norms: torch.Tensor):
+        self.present = present
+        self.grads = grads
+        self.norms = norms
+        self.global_norm = global_norm(norms)
+
+
+class Stream:
+    """Records the steps of one optimizer (or of backward passes in a loop without one).
+
+    Per step it writes one row of :data:`STEP_COLUMNS` into a device buffer;
+    every ``sampling.every`` steps it also writes per-layer L2 norm, max-abs,
+    non-finite count and parameter norm. Nothing is read back to the host
+    until :meth:`flush`.
+    """
+
+    def __init__(self, session: Session, namer: ParamNamer, index: int, params: list[torch.Tensor]):
+        self.session = session
+        self.index = index
+        names = namer.names(params)
+        order = sorted(range(len(params)), key=lambda i: names[i].order)
+        self.params = [params[i] for i in order]
+        self.param_ids = {id(p) for p in self.params}
+        self.layer_ids = np.asarray(
+            session.add_layers(
+                [
+                    {
+                        "name": names[i].name,
+                        "group": names[i].group,
+                        "shape": list(params[i].shape),
+                        "numel": params[i].numel(),
+                        "dtype": str(params[i].dtype).removeprefix("torch."),
+                        "optimizer": index,
+                    }
+                    for i in order
+                ]
+            ),
+            dtype=np.int32,
+        )
+        self.device = self.params[0].device if self.params else torch.device("cpu")
+        sampling = session.sampling
+        self.every = sampling.every
+        capacity = sampling.flush_every
+        self.rows = torch.zeros((capacity, len(STEP_COLUMNS)), dtype=torch.float32, device=self.device)
+        layer_capacity = math.ceil(capacity / self.every) + 1
+        self.layer_stats = torch.zeros((layer_capacity, len(self.params), 3), device=self.device)
+        self.layer_nonfinite = torch.zeros((layer_capacity, len(self.params)), dtype=torch.int64,
+                                           device=self.device)
+        self.nan = torch.tensor(math.nan, device=self.device)
+        self.one = torch.tensor(1.0, device=self.device)
+        self.zero = torch.tensor(0.0, device=self.device)
+        self.steps = 0
+        self._host_steps: list[int] = []
+        self._host_times: list[float] = []
+        self._host_layer_steps: list[tuple[int, list[int]]] = []
+        self._last_flush = time.monotonic()
+
+    def measure(self, grad_scale: torch.Tensor | None = None) -> StepStats:
+        """Per-layer and global L2 norms of the current gradients (divided by ``grad_scale``)."""
+        present = [i for i, p in enumerate(self.params) if p.grad is not None]
+        grads = [dense(self.params[i].grad) for i in present]
+        norms = foreach_norms(grads, 2.0, self.device)
+        if grad_scale is not None:
+            norms = norms / grad_scale.to(self.device)
+        return StepStats(present, grads, norms)
+
+    def record(
+        self,
+        stats: StepStats,
+        loss: torch.Tensor | None = None,
+        skipped: torch.Tensor | bool = False,
+        pre_norm: torch.Tensor | None = None,
+        post_norm: torch.Tensor | None = None,
+        scale: torch.Tensor | None = None,
+        threshold: torch.Tensor | float | None = None,
+    ) -> None:
+        """Write one step into the device buffers; flush when full or when the interval elapsed.
+
+        ``stats`` measured the gradients; ``pre_norm`` / ``post_norm`` override
+        the global norm before / after clipping when clipping happened outside
+        that measurement (the script's own clip call, or gradprobe's policy).
+        """
+        slot = len(self._host_steps)
+        row = torch.stack(
+            [
+                stats.global_norm if pre_norm is None else pre_norm,
+                stats.global_norm if post_norm is None else post_norm,
+                self.one if scale is None else scale.float(),
+                self._scalar(threshold),
+                self._scalar(loss),
+                self._scalar(skipped),
+            ]
+        )
+        self.rows[slot].copy_(row)
+        self._host_steps.append(self.steps)
+        self._host_times.append(time.time())
+        if self.steps % self.every == 0:
+            self._record_layers(stats)
+        self.steps += 1
+        if slot + 1 == self.rows.shape[0] or time.monotonic() - self._last_flush > self.session.sampling.flush_seconds:
+            self.flush()
+
+    def _scalar(self, value: torch.Tensor | float | bool | None) -> torch.Tensor:
+        if value is None:
+            return self.nan
+        if isinstance(value, torch.Tensor):
+            return value.detach().reshape(()).to(self.device, torch.float32, non_blocking=True)
+        if isinstance(value, bool):
+            return self.one if value else self.zero
+        return torch.full((), float(value), device=self.device)
+
+    def _record_layers(self, stats: StepStats) -> None:
+        slot = len(self._host_layer_steps)
+        present = stats.present
+        maxabs = foreach_norms(stats.grads, math.inf, self.device)
+        pnorms = foreach_norms([dense(self.params[i].detach()) for i in present], 2.0, self.device)
+        values = torch.stack([stats.norms, maxabs, pnorms], dim=1)
+        counts = nonfinite_counts(stats.grads, self.device)
+        if len(present) == len(self.params):
+            self.layer_stats[slot].copy_(values)
+            self.layer_nonfinite[slot].copy_(counts)
+        elif present:
+            index = torch.tensor(present, device=self.device)
+            self.layer_stats[slot].index_copy_(0, index, values)
+            self.layer_nonfinite[slot].index_copy_(0, index, counts)
+        self._host_layer_steps.append((self.steps, present))
+
+    def flush(self) -> None:
+        """Copy buffered steps to the host (one device sync) and append them to the run."""
+        self._last_flush = time.monotonic()
+        n = len(self._host_steps)
+        if n == 0:
+            return
+        rows = self.rows[:n].cpu().numpy()
+        m = len(self._host_layer_steps)
+        stats = self.layer_stats[:m].cpu().numpy()
+        counts = self.layer_nonfinite[:m].cpu().numpy()
+        rank = self.session.layout["rank"]
+        steps = {"step": np.asarray(self._host_steps, dtype=np.int64), "time": np.asarray(self._host_times)}
+        steps.update({name: rows[:, j] for j, name in enumerate(STEP_COLUMNS)})
+        steps["skipped"] = steps["skipped"] > 0.5
+        steps["optimizer"] = np.full(n, self.index, dtype=np.int16)
+        steps["rank"] = np.full(n, rank, dtype=np.int16)
+        slot = np.concatenate([np.full(len(p), k) for k, (_, p) in enumerate(self._host_layer_steps)] or [[]])
+        pos = np.concatenate([np.asarray(p, dtype=np.int64) for _, p in self._host_layer_steps] or [[]])
+        slot, pos = slot.astype(np.int64), pos.astype(np.int64)
+        layer_steps = np.asarray([s for s, _ in self._host_layer_steps], dtype=np.int64)
+        layers = {
+            "step": layer_steps[slot] if m else np.zeros(0, np.int64),
+            "optimizer": np.full(len(pos), self.index, dtype=np.int16),
+            "rank": np.full(len(pos), rank, dtype=np.int16),
+            "layer": self.layer_ids[pos] if len(pos) else np.zeros(0, np.int32),
+            "norm": stats[slot, pos, 0],
+            "maxabs": stats[slot, pos, 1],
+            "param_norm": stats[slot, pos, 2],
+            "nonfinite": counts[slot, pos],
+        }
+        self._host_steps.clear()
+        self._host_times.clear()
+        self._host_layer_steps.clear()
+        self.session.append(steps, layers)

@@ -1,0 +1,180 @@
+"""A recording session: the run directory plus the settings shared by every framework adapter."""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from gradprobe._version import __version__
+from gradprobe.errors import GradprobeError
+from gradprobe.store.writer import DEFAULT_ROOT, RunWriter, create_run_dir
+
+DEFAULT_EVERY = 10
+DEFAULT_FLUSH_EVERY = 100
+DEFAULT_FLUSH_SECONDS = 30.0
+
+
+class StopTraining(BaseException):
+    """Raised inside the training loop to end it cleanly once ``max_steps`` steps are recorded.
+
+    It derives from ``BaseException`` so that a script's ``except Exception``
+    does not swallow it; the launcher turns it into a normal exit (code 0).
+    """
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How often gradprobe records and writes.
+
+    ``every``: per-layer statistics every N optimizer steps (the global norm,
+    loss and clip scale are recorded at every step). ``flush_every`` /
+    ``flush_seconds``: device buffers are copied to the host and written as a
+    Parquet part every N steps or after this many seconds, whichever comes
+    first; a hard crash loses at most that interval.
+    """
+
+    every: int = DEFAULT_EVERY
+    flush_every: int = DEFAULT_FLUSH_EVERY
+    flush_seconds: float = DEFAULT_FLUSH_SECONDS
+
+    def __post_init__(self) -> None:
+        for field in ("every", "flush_every"):
+            if int(getattr(self, field)) < 1:
+                raise GradprobeError(f"--{field.replace('_', '-')} must be a positive integer")
+        if self.flush_seconds <= 0:
+            raise GradprobeError("flush_seconds must be positive")
+
+
+def _rank_layout() -> dict[str, int]:
+    env = os.environ
+    return {
+        "rank": int(env.get("RANK", 0)),
+        "world_size": int(env.get("WORLD_SIZE", 1)),
+        "local_rank": int(env.get("LOCAL_RANK", 0)),
+    }
+
+
+class Session:
+    """Everything recorded in one run: the writer, the layer and optimizer tables, step counts.
+
+    Framework adapters register layers and optimizers, then hand flushed host
+    arrays to :meth:`append`. ``max_steps`` ends training with
+    :class:`StopTraining` once any optimizer has taken that many steps.
+    """
+
+    def __init__(
+        self,
+        out: str | os.PathLike = DEFAULT_ROOT,
+        name: str | None = None,
+        script: str | None = None,
+        argv: Iterable[str] | None = None,
+        sampling: Sampling | None = None,
+        max_steps: int | None = None,
+        clip: str | None = None,
+    ):
+        if max_steps is not None and max_steps < 1:
+            raise GradprobeError("--max-steps must be a positive integer")
+        self.sampling = sampling or Sampling()
+        self.max_steps = max_steps
+        self.layout = _rank_layout()
+        stem = Path(script).stem if script else "session"
+        path = create_run_dir(out, stem, name)
+        self.layers: list[dict[str, Any]] = []
+        self.optimizers: list[dict[str, Any]] = []
+        self.recorders: list = []
+        self.closed = False
+        self.writer = RunWriter(
+            path,
+            {
+                "gradprobe_version": __version__,
+                "status": "running",
+                "framework": None,
+                "script": str(Path(script).resolve()) if script else None,
+                "argv": list(argv) if argv is not None else list(sys.argv),
+                "cwd": os.getcwd(),
+                "host": socket.gethostname(),
+                "python": platform.python_version(),
+                "start_time": time.time(),
+                "end_time": None,
+                "exit_code": None,
+                "error": None,
+                "stop_reason": None,
+                "clip": clip,
+                "sampling": asdict(self.sampling),
+                "max_steps": max_steps,
+                "world": self.layout,
+                "optimizers": self.optimizers,
+                "layers": self.layers,
+                "progress": {"steps": 0, "flushes": 0},
+            },
+            rank=self.layout["rank"],
+        )
+
+    @property
+    def path(self) -> Path:
+        """The run directory."""
+        return self.writer.path
+
+    def set_framework(self, name: str, version: str) -> None:
+        """Record which framework the run trains with."""
+        self.writer.update(framework={"name": name, "version": version})
+
+    def add_optimizer(self, info: dict[str, Any]) -> int:
+        """Register an optimizer (class name, param groups...) and return its index."""
+        index = len(self.optimizers)
+        self.optimizers.append({"index": index, **info})
+        self.writer.write_meta()
+        return index
+
+    def add_layers(self, layers: list[dict[str, Any]]) -> list[int]:
+        """Register parameters (name, shape, numel, dtype, group, optimizer) and return their ids.
+
+        Names are made unique by appending ``#2``, ``#3``... to repeats.
+        """
+        taken = {layer["name"] for layer in self.layers}
+        ids = []
+        for layer in layers:
+            name, n = layer["name"], 1
+            while name in taken:
+                n += 1
+                name = f"{layer['name']}#{n}"
+            taken.add(name)
+            ids.append(len(self.layers))
+            self.layers.append({"id": ids[-1], **layer, "name": name})
+        self.writer.write_meta()
+        return ids
+
+    def append(self, steps: dict, layers: dict) -> None:
+        """Write one flush: host arrays for the ``steps`` and ``layers`` tables."""
+        self.writer.append("steps", steps)
+        self.writer.append("layers", layers)
+        progress = self.writer.meta["progress"]
+        progress["steps"] += len(steps["step"])
+        progress["flushes"] += 1
+        self.writer.write_meta()
+
+    def count_step(self, optimizer_steps: int) -> bool:
+        """Note that an optimizer reached ``optimizer_steps`` steps; True when max_steps is reached."""
+        return self.max_steps is not None and optimizer_steps >= self.max_steps
+
+    def close(self, status: str, exit_code: int | None = None, error: str | None = None,
+              stop_reason: str | None = None) -> None:
+        """Mark the run ended; idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        self.writer.update(
+            status=status, exit_code=exit_code, error=error, stop_reason=stop_reason, end_time=time.time()
+        )
+
+
+def describe_exception(exc: BaseException) -> str:
+    """One line: the exception type and message, as the run records it."""
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip().splitlines()[-1]

@@ -1,0 +1,6 @@
+"""The run store: one directory per run, ``run.json`` plus append-only Parquet parts."""
+
+from gradprobe.store.reader import Run, list_runs, load_run, resolve_run
+from gradprobe.store.writer import DEFAULT_ROOT, RunWriter, create_run_dir
+
+__all__ = ["DEFAULT_ROOT", "Run", "RunWriter", "create_run_dir", "list_runs", "load_run", "resolve_run"]

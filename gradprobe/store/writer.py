@@ -1,0 +1,144 @@
+"""Writing a run directory: ``run.json`` (atomically replaced) and append-only Parquet parts."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from gradprobe.errors import GradprobeError
+from gradprobe.store.schema import FORMAT_VERSION, TABLES
+
+DEFAULT_ROOT = "gradprobe-runs"
+META_FILE = "run.json"
+PARTS_DIR = "parts"
+_NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}$")
+
+
+def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
+    """Write ``data`` as JSON to ``path`` through a temporary file and a rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, sort_keys=False, default=_json_default)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.integer, np.floating, np.bool_)):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot store {type(value).__name__} in run.json")
+
+
+def check_run_name(name: str) -> str:
+    """Return ``name`` if it is a safe run-directory name, else raise a one-line error."""
+    if not _NAME_OK.match(name) or ".." in name:
+        raise GradprobeError(
+            f"invalid run name {name!r}: use letters, digits and '._+-', "
+            "starting with a letter or digit, no '..' and no path separators"
+        )
+    return name
+
+
+def create_run_dir(root: str | os.PathLike, stem: str, name: str | None = None) -> Path:
+    """Create and return a new, unique run directory under ``root``.
+
+    Without ``name`` the directory is ``YYYYmmdd-HHMMSS-<stem>``, with ``-2``,
+    ``-3``... appended when that exists (``mkdir`` is atomic, so concurrent runs
+    never share a directory). An explicit ``name`` that exists is an error.
+    """
+    root_path = Path(root)
+    try:
+        root_path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise GradprobeError(f"cannot create run root {root_path}: {exc.strerror or exc}") from None
+    if not os.access(root_path, os.W_OK | os.X_OK):
+        raise GradprobeError(f"run root {root_path} is not writable (choose another with --out)")
+    if name is not None:
+        path = root_path / check_run_name(name)
+        try:
+            path.mkdir()
+        except FileExistsError:
+            raise GradprobeError(f"run {path} already exists (choose another --name)") from None
+        return path
+    safe_stem = re.sub(r"[^A-Za-z0-9._+-]", "_", stem)[:80] or "run"
+    base = f"{time.strftime('%Y%m%d-%H%M%S')}-{safe_stem}"
+    for attempt in range(1, 10_000):
+        path = root_path / (base if attempt == 1 else f"{base}-{attempt}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise GradprobeError(f"cannot find a free run directory name under {root_path}")
+
+
+class RunWriter:
+    """Owns one run directory: keeps ``run.json`` current and appends Parquet parts.
+
+    A write failure (disk full, directory removed) never reaches the training
+    loop: it is reported once on stderr, the run is marked ``incomplete`` and
+    later parts are dropped.
+    """
+
+    def __init__(self, path: Path, meta: Mapping[str, Any], rank: int = 0):
+        self.path = Path(path)
+        self.rank = rank
+        self.meta: dict[str, Any] = {"format_version": FORMAT_VERSION, **meta}
+        self._seq = {table: 0 for table in TABLES}
+        self._failed = False
+        (self.path / PARTS_DIR).mkdir(exist_ok=True)
+        self.write_meta()
+
+    def update(self, **fields: Any) -> None:
+        """Merge ``fields`` into the run metadata and rewrite ``run.json``."""
+        self.meta.update(fields)
+        self.write_meta()
+
+    def write_meta(self) -> None:
+        """Atomically rewrite ``run.json`` from the in-memory metadata."""
+        if self.rank != 0:
+            return
+        self._guard(lambda: write_json_atomic(self.path / META_FILE, self.meta))
+
+    def append(self, table: str, columns: Mapping[str, np.ndarray]) -> None:
+        """Append one Parquet part of ``table`` (``steps`` or ``layers``)."""
+        schema = TABLES[table]
+        arrays = [pa.array(np.asarray(columns[f.name]), type=f.type) for f in schema]
+        if len(arrays[0]) == 0:
+            return
+        part = pa.Table.from_arrays(arrays, schema=schema)
+        self._seq[table] += 1
+        final = self.path / PARTS_DIR / f"{table}-r{self.rank}-{self._seq[table]:06d}.parquet"
+        tmp = final.with_name(f".{final.name}.tmp")
+
+        def write() -> None:
+            pq.write_table(part, tmp)
+            os.replace(tmp, final)
+
+        self._guard(write)
+
+    def _guard(self, action) -> None:
+        if self._failed:
+            return
+        try:
+            action()
+        except OSError as exc:
+            self._failed = True
+            self.meta["incomplete"] = True
+            print(
+                f"gradprobe: cannot write to {self.path} ({exc.strerror or exc}); "
+                "recording stopped, training continues",
+                file=sys.stderr,
+            )

@@ -1,0 +1,1 @@
+"""Renderers of recorded runs (installed as ``gradprobe.reports``)."""
