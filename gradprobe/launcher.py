@@ -11,11 +11,13 @@ The run is flushed and closed however the script ends: normally,
 from __future__ import annotations
 
 import os
-import runpy
+import builtins
 import signal
 import sys
 import traceback
+import types
 from dataclasses import dataclass
+from importlib.machinery import SourceFileLoader
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -104,9 +106,23 @@ def _raise_terminated(signum, frame):
     raise _Terminated()
 
 
+def _run_as_main(path: Path) -> None:
+    """Execute the script the way ``python script.py`` does: as a fresh ``__main__`` module
+    whose ``__file__`` is the absolute, unnormalised path (``sys.argv`` is left alone)."""
+    filename = os.path.join(os.getcwd(), path)
+    code = compile(path.read_bytes(), filename, "exec")
+    module = types.ModuleType("__main__")
+    module.__dict__.update(
+        __file__=filename, __cached__=None, __package__=None, __spec__=None,
+        __loader__=SourceFileLoader("__main__", filename), __builtins__=builtins,
+    )
+    sys.modules["__main__"] = module
+    exec(code, module.__dict__)
+
+
 def _execute(path: Path) -> Outcome:
     try:
-        runpy.run_path(str(path), run_name="__main__")
+        _run_as_main(path)
     except SystemExit as exc:
         return _exit_outcome(exc)
     except StopTraining as exc:
@@ -136,7 +152,7 @@ def _exit_outcome(exc: SystemExit) -> Outcome:
 
 
 def _print_script_traceback(exc: BaseException, path: Path) -> None:
-    """Print the traceback from the script's first frame on, hiding gradprobe's and runpy's."""
+    """Print the traceback from the script's first frame on, hiding gradprobe's own frames."""
     tb = exc.__traceback__
     script = str(path.resolve())
     while tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename) != script:

@@ -65,8 +65,11 @@ def render_run_list(runs: Sequence[Run], console: Console | None = None) -> None
     """Print one line per run: name, status, steps, script, start time."""
     console = console or Console()
     table = Table()
-    for column in ("run", "status", "steps", "script", "started"):
-        table.add_column(column, justify="right" if column == "steps" else "left")
+    table.add_column("run", no_wrap=True, min_width=max((len(run.name) for run in runs), default=3))
+    table.add_column("status")
+    table.add_column("steps", justify="right")
+    table.add_column("script", overflow="fold")
+    table.add_column("started")
     for run in runs:
         meta = run.meta
         steps = (meta.get("progress") or {}).get("steps", 0)
