@@ -11,7 +11,9 @@
   ``backward()`` call, once it is clear no optimizer exists.
 * The loss is the scalar ``backward()`` was called on (summed over the
   backward calls since the previous step, unscaled when it came from
-  ``GradScaler.scale``).
+  ``GradScaler.scale``). Several optimizers stepping on the same backward
+  passes all record that loss. With a closure, the loss of its first
+  evaluation in the step is recorded, matching the gradient.
 * A script's own ``torch.nn.utils.clip_grad_norm_`` call is observed: its
   returned norm is recorded as the pre-clip norm and ``max_norm`` as the
   threshold, so the report can tell whether that clipping ever fires.
@@ -43,6 +45,7 @@ class TorchRecorder:
         self.optimizer_exists = False
         self.disabled = False
         self._pending_loss: torch.Tensor | None = None
+        self._step_loss: torch.Tensor | None = None
         self._scaled_loss: tuple[torch.Tensor, torch.Tensor] | None = None
         self._user_clip: tuple[torch.Tensor, float] | None = None
         self._pre_steps: dict[int, int] = {}
@@ -54,7 +57,9 @@ class TorchRecorder:
     def install(self) -> "TorchRecorder":
         """Register the hooks and patches; idempotent per recorder."""
         self.session.set_framework("torch", torch.__version__)
-        self.optimizer_exists = any(issubclass(type(o), torch.optim.Optimizer) for o in gc.get_objects())
+        self.optimizer_exists = any(
+            issubclass(type(o), torch.optim.Optimizer) and self._updates_watched(o) for o in gc.get_objects()
+        )
         self._handles.append(register_optimizer_step_pre_hook(self._guard(self._pre_step)))
         self._handles.append(register_optimizer_step_post_hook(self._guard(self._post_step)))
         recorder = self
@@ -74,8 +79,9 @@ class TorchRecorder:
 
         @functools.wraps(original_init)
         def optimizer_init(optimizer, *args, **kwargs):
-            recorder.optimizer_exists = True
-            return original_init(optimizer, *args, **kwargs)
+            result = original_init(optimizer, *args, **kwargs)
+            recorder._guard(recorder._note_optimizer)(optimizer)
+            return result
 
         self._patch(torch.optim.Optimizer, "__init__", optimizer_init)
 
@@ -169,11 +175,27 @@ class TorchRecorder:
 
     # -- optimizer steps ----------------------------------------------------------------
 
+    def _updates_watched(self, optimizer: torch.optim.Optimizer) -> bool:
+        """Whether ``optimizer`` holds any parameter of the watched models."""
+        return any(self.namer.watched(p) for g in optimizer.param_groups for p in g["params"])
+
+    def _note_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """An optimizer of the watched parameters exists: backward passes are no longer steps."""
+        if not self.optimizer_exists and self._updates_watched(optimizer):
+            self.optimizer_exists = True
+
     def _stream(self, optimizer: torch.optim.Optimizer) -> Stream | None:
+        key = (  # what decides the stream's parameters: group sizes and which ones train
+            tuple(len(g["params"]) for g in optimizer.param_groups),
+            tuple(p.requires_grad for g in optimizer.param_groups for p in g["params"]),
+        )
+        stream = self.streams.get(id(optimizer))
+        if stream is not None and stream.layout_key == key:
+            return stream
         params = list({id(p): p for g in optimizer.param_groups for p in g["params"]}.values())
         params = [p for p in params if p.requires_grad and self.namer.watched(p)]
-        stream = self.streams.get(id(optimizer))
         if stream is not None and stream.param_ids == {id(p) for p in params}:
+            stream.layout_key = key
             return stream
         if not params:
             return None
@@ -188,21 +210,23 @@ class TorchRecorder:
                     "lr": [g.get("lr") for g in optimizer.param_groups],
                 }
             )
-        previous_steps = stream.steps if stream is not None else 0
-        stream = Stream(self.session, self.namer, index, params)
-        stream.steps = previous_steps
+        previous = stream
+        stream = Stream(self.session, self.namer, index, params, known=previous.registered() if previous else None)
+        stream.steps = previous.steps if previous else 0
+        stream.layout_key = key
         self.streams[id(optimizer)] = stream
         return stream
 
     def _pre_step(self, optimizer, args, kwargs):
-        self.optimizer_exists = True
+        self._note_optimizer(optimizer)
         self._pre_steps[id(optimizer)] = self._pre_steps.get(id(optimizer), 0) + 1
-        closure = kwargs.get("closure", args[0] if args else None)
+        at = 1 if args and args[0] is optimizer else 0  # torch passes the bound ``self`` in ``args``
+        closure = kwargs.get("closure", args[at] if len(args) > at else None)
         if callable(closure):
             wrapped = self._wrap_closure(optimizer, closure)
             if "closure" in kwargs:
                 return args, {**kwargs, "closure": wrapped}
-            return (wrapped, *args[1:]), kwargs
+            return (*args[:at], wrapped, *args[at + 1:]), kwargs
         self._record(optimizer)
         return None
 
@@ -211,10 +235,12 @@ class TorchRecorder:
 
         @functools.wraps(closure)
         def wrapped(*args, **kwargs):
+            if not first[0]:
+                return closure(*args, **kwargs)
+            first[0] = False
+            self._pending_loss = None
             loss = closure(*args, **kwargs)
-            if first[0]:
-                first[0] = False
-                self._guard(self._record)(optimizer)
+            self._guard(self._record)(optimizer)
             return loss
 
         return wrapped
@@ -230,7 +256,9 @@ class TorchRecorder:
 
     def _record(self, optimizer, skipped: bool = False) -> None:
         stream = self._stream(optimizer)
-        loss, self._pending_loss = self._pending_loss, None
+        if self._pending_loss is not None:
+            self._step_loss, self._pending_loss = self._pending_loss, None
+        loss = self._step_loss
         user_clip, self._user_clip = self._user_clip, None
         if stream is None:
             return
@@ -258,6 +286,7 @@ class TorchRecorder:
         stream = self.backward_stream
         if stream is not None and not self.optimizer_exists and self.session.count_step(stream.steps):
             raise StopTraining(f"max steps ({self.session.max_steps}) reached")
+        self._step_loss = None
         if tensor.numel() != 1 or not tensor.is_floating_point():
             return
         loss = tensor.detach()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Mapping
 
 import numpy as np
 import torch
@@ -20,13 +21,16 @@ class StepStats:
     """What one step measured, on the device: per-layer L2 norms and the global norm.
 
     ``present`` lists the positions (into the stream's parameters) that had a
-    gradient; ``norms`` holds their L2 norms in that order.
+    gradient; ``norms`` holds their L2 norms in that order, already divided by
+    ``grad_scale`` when the gradients are still scaled (fused AMP optimizers).
     """
 
-    def __init__(self, present: list[int], grads: list[torch.Tensor], norms: torch.Tensor):
+    def __init__(self, present: list[int], grads: list[torch.Tensor], norms: torch.Tensor,
+                 grad_scale: torch.Tensor | None = None):
         self.present = present
         self.grads = grads
         self.norms = norms
+        self.grad_scale = grad_scale
         self.global_norm = global_norm(norms)
 
 
@@ -39,29 +43,34 @@ class Stream:
     until :meth:`flush`.
     """
 
-    def __init__(self, session: Session, namer: ParamNamer, index: int, params: list[torch.Tensor]):
+    def __init__(self, session: Session, namer: ParamNamer, index: int, params: list[torch.Tensor],
+                 known: Mapping[int, int] | None = None):
+        """``known``: layer ids, by parameter id, of parameters an earlier stream of the same
+        optimizer registered (before its parameter set changed); they keep their ids."""
         self.session = session
         self.index = index
         names = namer.names(params)
         order = sorted(range(len(params)), key=lambda i: names[i].order)
         self.params = [params[i] for i in order]
         self.param_ids = {id(p) for p in self.params}
-        self.layer_ids = np.asarray(
-            session.add_layers(
-                [
-                    {
-                        "name": names[i].name,
-                        "group": names[i].group,
-                        "shape": list(params[i].shape),
-                        "numel": params[i].numel(),
-                        "dtype": str(params[i].dtype).removeprefix("torch."),
-                        "optimizer": index,
-                    }
-                    for i in order
-                ]
-            ),
-            dtype=np.int32,
+        self.layout_key: tuple = ()  # the optimizer's group sizes and requires_grad flags it was built for
+        known = dict(known or {})
+        new = [i for i in order if id(params[i]) not in known]
+        new_ids = session.add_layers(
+            [
+                {
+                    "name": names[i].name,
+                    "group": names[i].group,
+                    "shape": list(params[i].shape),
+                    "numel": params[i].numel(),
+                    "dtype": str(params[i].dtype).removeprefix("torch."),
+                    "optimizer": index,
+                }
+                for i in new
+            ]
         )
+        known.update(zip((id(params[i]) for i in new), new_ids))
+        self.layer_ids = np.asarray([known[id(p)] for p in self.params], dtype=np.int32)
         self.device = self.params[0].device if self.params else torch.device("cpu")
         sampling = session.sampling
         self.every = sampling.every
@@ -80,14 +89,19 @@ class Stream:
         self._host_layer_steps: list[tuple[int, list[int]]] = []
         self._last_flush = time.monotonic()
 
+    def registered(self) -> dict[int, int]:
+        """This stream's layer ids by parameter id."""
+        return dict(zip(map(id, self.params), self.layer_ids.tolist()))
+
     def measure(self, grad_scale: torch.Tensor | None = None) -> StepStats:
         """Per-layer and global L2 norms of the current gradients (divided by ``grad_scale``)."""
         present = [i for i, p in enumerate(self.params) if p.grad is not None]
         grads = [dense(self.params[i].grad) for i in present]
         norms = foreach_norms(grads, 2.0, self.device)
         if grad_scale is not None:
-            norms = norms / grad_scale.to(self.device)
-        return StepStats(present, grads, norms)
+            grad_scale = grad_scale.to(self.device)
+            norms = norms / grad_scale
+        return StepStats(present, grads, norms, grad_scale)
 
     def record(
         self,
@@ -138,6 +152,8 @@ class Stream:
         slot = len(self._host_layer_steps)
         present = stats.present
         maxabs = foreach_norms(stats.grads, math.inf, self.device)
+        if stats.grad_scale is not None:
+            maxabs = maxabs / stats.grad_scale
         pnorms = foreach_norms([dense(self.params[i].detach()) for i in present], 2.0, self.device)
         values = torch.stack([stats.norms, maxabs, pnorms], dim=1)
         counts = nonfinite_counts(stats.grads, self.device)
