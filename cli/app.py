@@ -1,4 +1,4 @@
-"""Typer application: ``gradprobe profile | report | ls``."""
+"""Typer application: the ``gradprobe`` commands."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import List, Optional
 import typer
 
 from gradprobe._version import __version__
+from gradprobe.cli.launch import SCRIPT_CONTEXT, profile, run
 from gradprobe.errors import GradprobeError
 from gradprobe.store import DEFAULT_ROOT
 
@@ -19,9 +20,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
-
-SCRIPT_CONTEXT = {"allow_interspersed_args": False}
-
 
 def _version(value: bool) -> None:
     if value:
@@ -37,43 +35,8 @@ def _root(
     """Gradient diagnostics and clipping for PyTorch and TensorFlow/Keras training."""
 
 
-def script_args(args: Optional[List[str]]) -> list[str]:
-    """The script's own arguments: everything after SCRIPT, less a leading ``--``."""
-    args = list(args or [])
-    return args[1:] if args[:1] == ["--"] else args
-
-
-@app.command(context_settings=SCRIPT_CONTEXT)
-def profile(
-    script: str = typer.Argument(..., help="The training script to run, unmodified."),
-    args: Optional[List[str]] = typer.Argument(None, help="Arguments for the script (after SCRIPT or --)."),
-    out: Path = typer.Option(Path(DEFAULT_ROOT), "--out", "-o", help="Root directory of runs."),
-    name: Optional[str] = typer.Option(None, "--name", help="Run directory name (default: time-script)."),
-    every: int = typer.Option(10, "--every", min=1, help="Record per-layer norms every N steps "
-                              "(the global norm is recorded at every step)."),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1,
-                                            help="End the script cleanly after N optimizer steps."),
-    flush_every: int = typer.Option(100, "--flush-every", min=1,
-                                    help="Copy device buffers to disk every N steps."),
-) -> None:
-    """Run SCRIPT unmodified and record its gradients into a run directory.
-
-    [bold]gradprobe profile train.py -- --epochs 1[/bold]
-
-    The script keeps its argv, working directory, sys.path, stdout and exit code;
-    gradprobe prints only to stderr.
-    """
-    from gradprobe.launcher import check_script, reraise_signal, run_script
-    from gradprobe.session import Sampling, Session
-
-    check_script(script)
-    args_list = script_args(args)
-    session = Session(out=out, name=name, script=script, argv=[script, *args_list],
-                      sampling=Sampling(every=every, flush_every=flush_every), max_steps=max_steps)
-    outcome = run_script(session, script, args_list)
-    print(f"gradprobe: run {outcome.status} -> {session.path}", file=sys.stderr)
-    reraise_signal(outcome)
-    raise typer.Exit(outcome.exit_code)
+app.command(context_settings=SCRIPT_CONTEXT)(profile)
+app.command(context_settings=SCRIPT_CONTEXT)(run)
 
 
 @app.command()

@@ -9,6 +9,7 @@ from typing import Any, Iterator, Mapping
 
 from gradprobe.session import DEFAULT_EVERY, DEFAULT_FLUSH_EVERY, DEFAULT_FLUSH_SECONDS, Sampling, Session
 from gradprobe.session import StopTraining, describe_exception
+from gradprobe.policies import Policy
 from gradprobe.store import DEFAULT_ROOT, Run, load_run
 
 
@@ -53,6 +54,7 @@ def watch(
     flush_every: int = DEFAULT_FLUSH_EVERY,
     flush_seconds: float = DEFAULT_FLUSH_SECONDS,
     max_steps: int | None = None,
+    clip: "str | Policy | None" = None,
 ) -> Iterator[Recording]:
     """Record gradient statistics of the training done inside the ``with`` block.
 
@@ -60,6 +62,8 @@ def watch(
     dict (labels prefix the layer names); ``None`` records every optimizer.
     ``every``: per-layer statistics every N optimizer steps (global norm every
     step). ``max_steps``: leave the block (cleanly) after N optimizer steps.
+    ``clip``: a clip policy spec (e.g. ``"autoclip:p=10"``) applied right before
+    every optimizer step, reusing the norms it records (no second pass).
 
     Example::
 
@@ -68,10 +72,11 @@ def watch(
                 opt.zero_grad(); loss_fn(model(x), y).backward(); opt.step()
         run = gradprobe.load_run(rec.path)
     """
-    from gradprobe.pytorch import ParamNamer, TorchRecorder
+    from gradprobe.pytorch.naming import ParamNamer
+    from gradprobe.pytorch.recorder import TorchRecorder
 
     session = Session(out=out, name=name, sampling=Sampling(every, flush_every, flush_seconds),
-                      max_steps=max_steps)
+                      max_steps=max_steps, clip=clip)
     models = _models(model)
     session.recorders.append(TorchRecorder(session, ParamNamer(models) if models else None).install())
     status, error, reason = "finished", None, None

@@ -66,7 +66,7 @@ def _attachments(session: Session) -> dict[str, Callable[[object], None]]:
 
     def attach_torch(_module: object) -> None:
         try:
-            from gradprobe.pytorch import TorchRecorder
+            from gradprobe.pytorch.recorder import TorchRecorder
 
             session.recorders.append(TorchRecorder(session).install())
         except Exception as exc:  # never break the script's import

@@ -14,6 +14,7 @@ from typing import Any, Iterable
 
 from gradprobe._version import __version__
 from gradprobe.errors import GradprobeError
+from gradprobe.policies import Policy, parse_spec
 from gradprobe.store.writer import DEFAULT_ROOT, RunWriter, create_run_dir
 
 DEFAULT_EVERY = 10
@@ -65,7 +66,8 @@ class Session:
     """Everything recorded in one run: the writer, the layer and optimizer tables, step counts.
 
     Framework adapters register layers and optimizers, then hand flushed host
-    arrays to :meth:`append`. ``max_steps`` ends training with
+    arrays to :meth:`append`. ``clip`` (a spec or a policy) is the clip policy
+    the adapters apply at every step. ``max_steps`` ends training with
     :class:`StopTraining` once any optimizer has taken that many steps.
     """
 
@@ -77,10 +79,11 @@ class Session:
         argv: Iterable[str] | None = None,
         sampling: Sampling | None = None,
         max_steps: int | None = None,
-        clip: str | None = None,
+        clip: "str | Policy | None" = None,
     ):
         if max_steps is not None and max_steps < 1:
             raise GradprobeError("--max-steps must be a positive integer")
+        self.policy = parse_spec(clip) if isinstance(clip, str) else clip
         self.sampling = sampling or Sampling()
         self.max_steps = max_steps
         self.layout = _rank_layout()
@@ -106,7 +109,7 @@ class Session:
                 "exit_code": None,
                 "error": None,
                 "stop_reason": None,
-                "clip": clip,
+                "clip": str(self.policy) if self.policy is not None else None,
                 "sampling": asdict(self.sampling),
                 "max_steps": max_steps,
                 "world": self.layout,

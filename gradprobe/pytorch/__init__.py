@@ -1,6 +1,6 @@
-"""PyTorch adapter: hooks that record gradients wherever the update reads them."""
+"""PyTorch adapter: hooks that record gradients wherever the update reads them.
 
-from gradprobe.pytorch.naming import ParamNamer
-from gradprobe.pytorch.recorder import TorchRecorder
-
-__all__ = ["ParamNamer", "TorchRecorder"]
+``recorder.TorchRecorder`` installs the hooks, ``naming.ParamNamer`` names
+parameters, ``stream.Stream`` holds the on-device buffers and ``norms`` the
+fused norm kernels.
+"""

@@ -17,6 +17,11 @@
 * A script's own ``torch.nn.utils.clip_grad_norm_`` call is observed: its
   returned norm is recorded as the pre-clip norm and ``max_norm`` as the
   threshold, so the report can tell whether that clipping ever fires.
+* With a clip policy (``gradprobe run --clip``, ``watch(clip=...)``) the
+  gradients are clipped right where they are read, reusing the norms just
+  measured, and the step records the pre- and post-clip norms, scale and
+  threshold. Closure optimizers are recorded but not clipped (the gradient
+  is recomputed inside their step); a warning says so.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import Any, Callable
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
+from gradprobe.policies.torch_apply import TorchClipper, flag_skip_on_device, restore_found_inf
 from gradprobe.pytorch.naming import ParamNamer
 from gradprobe.pytorch.stream import Stream
 from gradprobe.session import Session, StopTraining
@@ -40,6 +46,10 @@ class TorchRecorder:
     def __init__(self, session: Session, namer: ParamNamer | None = None):
         self.session = session
         self.namer = namer or ParamNamer()
+        self.policy = session.policy
+        self.clippers: dict[int, TorchClipper] = {}
+        self._found_inf_before: dict[int, object] = {}
+        self._warned: set[int] = set()
         self.streams: dict[int, Stream] = {}
         self.backward_stream: Stream | None = None
         self.optimizer_exists = False
@@ -240,21 +250,24 @@ class TorchRecorder:
             first[0] = False
             self._pending_loss = None
             loss = closure(*args, **kwargs)
-            self._guard(self._record)(optimizer)
+            self._guard(self._record)(optimizer, clip=False)
             return loss
 
         return wrapped
 
     def _post_step(self, optimizer, args, kwargs):
+        if id(optimizer) in self._found_inf_before:
+            restore_found_inf(optimizer, self._found_inf_before.pop(id(optimizer)))
         stream = self.streams.get(id(optimizer))
         if stream is not None and self.session.count_step(stream.steps):
             raise StopTraining(f"max steps ({self.session.max_steps}) reached")
 
     def _record_skipped(self, optimizer) -> None:
-        self._record(optimizer, skipped=True)
+        self._record(optimizer, skipped=True, clip=False)
         self._post_step(optimizer, (), {})
 
-    def _record(self, optimizer, skipped: bool = False) -> None:
+    def _record(self, optimizer, skipped: bool = False, clip: bool = True) -> None:
+        """Record the optimizer's gradients; apply the clip policy when ``clip`` (the step follows)."""
         stream = self._stream(optimizer)
         if self._pending_loss is not None:
             self._step_loss, self._pending_loss = self._pending_loss, None
@@ -267,6 +280,14 @@ class TorchRecorder:
         stats = stream.measure(grad_scale if isinstance(grad_scale, torch.Tensor) else None)
         if isinstance(found_inf, torch.Tensor):
             skipped = found_inf.reshape(-1)[0] > 0
+        if self.policy is not None and not clip and not skipped:
+            self._warn_unclipped(optimizer)
+        if self.policy is not None and clip:
+            if isinstance(grad_scale, torch.Tensor):  # fused AMP: unscale here so the policy sees true values
+                torch._foreach_mul_([stream.params[i].grad for i in stats.present], 1.0 / stats.grad_scale)
+                optimizer.grad_scale = None
+            self._clip(stream, stats, loss, skipped, optimizer)
+            return
         if user_clip is None:
             stream.record(stats, loss=loss, skipped=skipped)
             return
@@ -279,6 +300,41 @@ class TorchRecorder:
             scale=torch.clamp(stats.global_norm / pre_norm, max=1.0),
             threshold=user_clip[1],
         )
+
+    def _clip(self, stream: Stream, stats, loss, amp_skipped, optimizer=None) -> None:
+        """Apply the session's clip policy to the measured gradients and record the step.
+
+        The policy reuses the norms just measured (no second pass). A skipped
+        update is prevented without a host sync for fused optimizers (through
+        ``found_inf``, as ``GradScaler`` does); other optimizers read the skip
+        flag once and have their gradients set to ``None`` so that the step
+        leaves parameters and optimizer state untouched.
+        """
+        clipper = self.clippers.get(stream.index)
+        if clipper is None:
+            clipper = self.clippers[stream.index] = TorchClipper(self.policy)
+        params = [stream.params[i] for i in stats.present]
+        result = clipper.clip([p.grad for p in params], stats.norms, stats.global_norm, params)
+        if self.policy.can_skip and optimizer is not None:
+            self._prevent_update(optimizer, params, result.skipped)
+        threshold = torch.where(torch.isnan(result.threshold), result.skip_threshold, result.threshold)
+        stream.record(stats, loss=loss, skipped=result.skipped | amp_skipped,
+                      pre_norm=result.norm, post_norm=result.post_norm, scale=result.scale, threshold=threshold)
+
+    def _warn_unclipped(self, optimizer) -> None:
+        if id(optimizer) not in self._warned:
+            self._warned.add(id(optimizer))
+            print(f"gradprobe: {type(optimizer).__name__}.step(closure) evaluates the gradient inside the "
+                  "step, so it is recorded but not clipped; clip inside the closure with gradprobe.clipper()",
+                  file=sys.stderr)
+
+    def _prevent_update(self, optimizer, params: list[torch.Tensor], skipped: torch.Tensor) -> None:
+        on_device, previous = flag_skip_on_device(optimizer, skipped)
+        if on_device:
+            self._found_inf_before[id(optimizer)] = previous
+        elif bool(skipped):  # one host read per step, as GradScaler.step does
+            for p in params:
+                p.grad = None
 
     # -- backward passes ----------------------------------------------------------------
 
@@ -306,4 +362,8 @@ class TorchRecorder:
             index = self.session.add_optimizer({"class": None, "kind": "backward"})
             self.backward_stream = Stream(self.session, self.namer, index, params)
         loss, self._pending_loss = self._pending_loss, None
-        self.backward_stream.record(self.backward_stream.measure(), loss=loss)
+        stats = self.backward_stream.measure()
+        if self.policy is not None:
+            self._clip(self.backward_stream, stats, loss, False)
+        else:
+            self.backward_stream.record(stats, loss=loss)

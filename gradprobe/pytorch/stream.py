@@ -94,14 +94,19 @@ class Stream:
         return dict(zip(map(id, self.params), self.layer_ids.tolist()))
 
     def measure(self, grad_scale: torch.Tensor | None = None) -> StepStats:
-        """Per-layer and global L2 norms of the current gradients (divided by ``grad_scale``)."""
+        """Read the current gradients: per-layer and global L2 norms (divided by ``grad_scale``),
+        plus, on a sampled step, the per-layer statistics. Call it before anything modifies the
+        gradients (clipping), so every recorded figure describes the same, pre-clip gradients."""
         present = [i for i, p in enumerate(self.params) if p.grad is not None]
         grads = [dense(self.params[i].grad) for i in present]
         norms = foreach_norms(grads, 2.0, self.device)
         if grad_scale is not None:
             grad_scale = grad_scale.to(self.device)
             norms = norms / grad_scale
-        return StepStats(present, grads, norms, grad_scale)
+        stats = StepStats(present, grads, norms, grad_scale)
+        if self.steps % self.every == 0:
+            self._record_layers(stats)
+        return stats
 
     def record(
         self,
@@ -133,8 +138,6 @@ class Stream:
         self.rows[slot].copy_(row)
         self._host_steps.append(self.steps)
         self._host_times.append(time.time())
-        if self.steps % self.every == 0:
-            self._record_layers(stats)
         self.steps += 1
         if slot + 1 == self.rows.shape[0] or time.monotonic() - self._last_flush > self.session.sampling.flush_seconds:
             self.flush()
@@ -149,6 +152,8 @@ class Stream:
         return torch.full((), float(value), device=self.device)
 
     def _record_layers(self, stats: StepStats) -> None:
+        if self._host_layer_steps and self._host_layer_steps[-1][0] == self.steps:
+            self._host_layer_steps.pop()  # the same step measured again: keep the latest reading
         slot = len(self._host_layer_steps)
         present = stats.present
         maxabs = foreach_norms(stats.grads, math.inf, self.device)

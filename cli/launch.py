@@ -1,0 +1,87 @@
+"""``gradprobe profile`` and ``gradprobe run``: run a training script under a recording session."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from gradprobe.errors import GradprobeError
+from gradprobe.session import DEFAULT_EVERY, DEFAULT_FLUSH_EVERY
+from gradprobe.store import DEFAULT_ROOT
+
+SCRIPT_CONTEXT = {"allow_interspersed_args": False}
+
+SCRIPT = typer.Argument(..., help="The training script to run, unmodified.")
+ARGS = typer.Argument(None, help="Arguments for the script (after SCRIPT or --).")
+OUT = typer.Option(Path(DEFAULT_ROOT), "--out", "-o", help="Root directory of runs.")
+NAME = typer.Option(None, "--name", help="Run directory name (default: time-script).")
+EVERY = typer.Option(DEFAULT_EVERY, "--every", min=1,
+                     help="Record per-layer norms every N steps (the global norm is recorded at every step).")
+MAX_STEPS = typer.Option(None, "--max-steps", min=1, help="End the script cleanly after N optimizer steps.")
+FLUSH_EVERY = typer.Option(DEFAULT_FLUSH_EVERY, "--flush-every", min=1,
+                           help="Copy device buffers to disk every N steps.")
+
+
+def script_args(args: Optional[List[str]]) -> list[str]:
+    """The script's own arguments: everything after SCRIPT, less a leading ``--``."""
+    args = list(args or [])
+    return args[1:] if args[:1] == ["--"] else args
+
+
+def launch(script: str, args: Optional[List[str]], out: Path, name: Optional[str], every: int,
+           max_steps: Optional[int], flush_every: int, clip: Optional[str] = None) -> None:
+    """Check everything, run the script under a session, and exit as the script did."""
+    from gradprobe.launcher import check_script, reraise_signal, run_script
+    from gradprobe.session import Sampling, Session
+
+    check_script(script)
+    args_list = script_args(args)
+    session = Session(out=out, name=name, script=script, argv=[script, *args_list],
+                      sampling=Sampling(every=every, flush_every=flush_every), max_steps=max_steps, clip=clip)
+    outcome = run_script(session, script, args_list)
+    print(f"gradprobe: run {outcome.status} -> {session.path}", file=sys.stderr)
+    reraise_signal(outcome)
+    raise typer.Exit(outcome.exit_code)
+
+
+def profile(script: str = SCRIPT, args: Optional[List[str]] = ARGS, out: Path = OUT, name: Optional[str] = NAME,
+            every: int = EVERY, max_steps: Optional[int] = MAX_STEPS, flush_every: int = FLUSH_EVERY) -> None:
+    """Run SCRIPT unmodified and record its gradients into a run directory.
+
+    [bold]gradprobe profile train.py -- --epochs 1[/bold]
+
+    The script keeps its argv, working directory, sys.path, stdout and exit code;
+    gradprobe prints only to stderr.
+    """
+    launch(script, args, out, name, every, max_steps, flush_every)
+
+
+def run(
+    script: str = SCRIPT,
+    args: Optional[List[str]] = ARGS,
+    clip: Optional[str] = typer.Option(None, "--clip", "-c", help="Clip policy spec, e.g. "
+                                       "'global-norm:max=1.0' or 'zclip:z=2.5+skip:sigma=6'."),
+    clip_from: Optional[Path] = typer.Option(None, "--clip-from", help="Use the first recommendation of "
+                                             "a recommendation.json (or of a run directory holding one)."),
+    out: Path = OUT, name: Optional[str] = NAME, every: int = EVERY, max_steps: Optional[int] = MAX_STEPS,
+    flush_every: int = FLUSH_EVERY,
+) -> None:
+    """Run SCRIPT unmodified with a clip policy applied before every optimizer step, and record it.
+
+    [bold]gradprobe run --clip global-norm:max=1.0 train.py -- --epochs 1[/bold]
+    [bold]gradprobe run --clip-from gradprobe-runs/RUN/recommendation.json train.py[/bold]
+
+    Gradients are clipped after accumulation and AMP unscaling, right before the
+    update; the run records the pre- and post-clip global norm, scale and
+    threshold of every step.
+    """
+    from gradprobe.policies import parse_spec
+    from gradprobe.recommendation_file import load_recommended_spec
+
+    if (clip is None) == (clip_from is None):
+        raise GradprobeError("give exactly one of --clip SPEC or --clip-from FILE")
+    policy = parse_spec(clip if clip is not None else load_recommended_spec(clip_from))
+    launch(script, args, out, name, every, max_steps, flush_every, clip=policy)

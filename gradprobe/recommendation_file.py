@@ -1,0 +1,38 @@
+"""Reading the clip spec out of a recommendation file (``RUN/recommendation.json``).
+
+The file is plain JSON, ``{"run": ..., "recommendations": [{"spec": ...}, ...]}``,
+best recommendation first. Nothing in it is executed or unpickled; a missing
+or malformed file is a one-line error naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from gradprobe.errors import GradprobeError
+
+RECOMMENDATION_FILE = "recommendation.json"
+
+
+def load_recommended_spec(path: str | os.PathLike) -> str:
+    """The first recommendation's clip spec from ``path`` (a file, or a run directory holding one)."""
+    file = Path(path)
+    if file.is_dir():
+        file = file / RECOMMENDATION_FILE
+    try:
+        document = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise GradprobeError(f"{file}: not found (write one with `gradprobe recommend RUN`)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise GradprobeError(f"{file}: cannot be read ({exc})") from None
+    except json.JSONDecodeError as exc:
+        raise GradprobeError(f"{file}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    recommendations = document.get("recommendations") if isinstance(document, dict) else None
+    if not isinstance(recommendations, list) or not recommendations:
+        raise GradprobeError(f"{file}: expected a non-empty 'recommendations' list")
+    spec = recommendations[0].get("spec") if isinstance(recommendations[0], dict) else None
+    if not isinstance(spec, str) or not spec.strip():
+        raise GradprobeError(f"{file}: the first recommendation has no 'spec' string")
+    return spec
