@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import List, Optional
 
@@ -20,6 +21,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
+
 
 def _version(value: bool) -> None:
     if value:
@@ -39,16 +41,167 @@ app.command(context_settings=SCRIPT_CONTEXT)(profile)
 app.command(context_settings=SCRIPT_CONTEXT)(run)
 
 
+class ReportFormat(str, Enum):
+    """Output formats of ``report`` and ``compare``."""
+
+    terminal = "terminal"
+    html = "html"
+    markdown = "markdown"
+    json = "json"
+
+
+GROUP_HELP = ("Layer group NAME=GLOB on layer names, for the imbalance check (repeatable; "
+              "default: the recorded top-level modules).")
+
+
+def _deliver(text: str, output: Optional[Path]) -> None:
+    """Print ``text`` to stdout, or write it to ``output`` and say where on stderr."""
+    from gradprobe.reports.render import write_output
+
+    if output is None:
+        sys.stdout.write(text)
+        return
+    write_output(text, output)
+    print(f"gradprobe: wrote {output}", file=sys.stderr)
+
+
 @app.command()
 def report(
     run: Optional[str] = typer.Argument(None, help="Run directory or name (default: the latest run)."),
     root: Path = typer.Option(Path(DEFAULT_ROOT), "--root", help="Where to look for run names."),
+    fmt: ReportFormat = typer.Option(ReportFormat.terminal, "--format", "-f", help="Output format."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to FILE instead of stdout "
+                                          "(html: default RUN/report.html)."),
+    group: List[str] = typer.Option([], "--group", "-g", help=GROUP_HELP),
 ) -> None:
-    """Summarise a recorded run: status, global norm, per-layer norms."""
-    from gradprobe.reports.terminal import render_summary
+    """Diagnose a recorded run: findings first, then norms, clip recommendations and layers.
+
+    [bold]gradprobe report[/bold] (latest run, in the terminal)
+    [bold]gradprobe report RUN --format html[/bold] (one self-contained file with figures)
+    [bold]gradprobe report RUN --format json[/bold] (findings and recommendations for machines)
+
+    Findings: explosion, vanishing, spike, nonfinite, dead_layer,
+    clip_saturation, imbalance, each with a severity (info, warning,
+    critical), the layers and steps concerned, the numbers and advice.
+    """
+    from gradprobe.reports.progress import stages
+    from gradprobe.reports.render import render_terminal_text, render_text
+    from gradprobe.reports.summary import REPORT_STAGES, build_report
+    from gradprobe.reports.terminal import render_report
     from gradprobe.store import resolve_run
 
-    render_summary(resolve_run(run, root))
+    target = resolve_run(run, root)
+    figures = len(target.meta.get("optimizers") or [None]) if fmt == ReportFormat.html else 0
+    with stages(REPORT_STAGES + figures) as progress:
+        built = build_report(target, group, progress)
+        if fmt == ReportFormat.terminal:
+            text = None if output is None else render_terminal_text(lambda console: render_report(built, console))
+        else:
+            text = render_text(built, fmt.value, progress)
+    if text is None:
+        render_report(built)
+        return
+    if fmt == ReportFormat.html and output is None:
+        output = target.path / "report.html"
+    _deliver(text, output)
+
+
+class Strategy(str, Enum):
+    """Recommendation strategies of ``recommend``."""
+
+    percentile = "percentile"
+    autoclip = "autoclip"
+    zclip = "zclip"
+    agc = "agc"
+    value = "value"
+    layer = "layer"
+
+
+@app.command()
+def recommend(
+    run: Optional[str] = typer.Argument(None, help="Run directory or name (default: the latest run)."),
+    root: Path = typer.Option(Path(DEFAULT_ROOT), "--root", help="Where to look for run names."),
+    strategy: List[Strategy] = typer.Option([], "--strategy", "-s", help="Strategy (repeatable; default: all, "
+                                            "percentile first)."),
+    percentile: Optional[float] = typer.Option(None, "--percentile", "-p", help="Percentile P for percentile "
+                                               "(default 95), autoclip (10), agc, value and layer (95)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the recommendations as JSON instead of a table."),
+) -> None:
+    """Turn the recorded gradient norms into clip specs, each with a what-if replay.
+
+    [bold]gradprobe recommend RUN[/bold]
+    [bold]gradprobe recommend RUN --strategy zclip[/bold]
+    [bold]gradprobe recommend RUN --strategy percentile --percentile 99[/bold]
+
+    Every spec is replayed on the recorded steps with the clip policy's own
+    math: how often it would have clipped and by how much (mean and minimum
+    scale). Writes RUN/recommendation.json, which `gradprobe run --clip-from`
+    reads (the first recommendation is the one to use).
+    """
+    import json
+
+    from gradprobe.analysis import STRATEGIES, diagnose, recommend as recommend_specs, split_streams
+    from gradprobe.analysis.findings import plain_json
+    from gradprobe.analysis.recommend import save_recommendations
+    from gradprobe.reports.progress import stages
+    from gradprobe.reports.terminal import render_recommendations
+    from gradprobe.store import resolve_run
+
+    target = resolve_run(run, root)
+    chosen = [s.value for s in strategy] or list(STRATEGIES)
+    with stages(3 + len(chosen)) as progress:
+        with progress.stage("reading the run"):
+            streams = split_streams(target)
+        with progress.stage("diagnosing"):
+            findings = diagnose(streams)
+        recommendations = []
+        for name in chosen:
+            with progress.stage(f"replaying {name}"):
+                recommendations += recommend_specs(streams, findings, [name], percentile)
+        with progress.stage("writing recommendation.json"):
+            path = save_recommendations(target, recommendations)
+    if as_json:
+        print(json.dumps({"recommendations": [plain_json(r.to_dict()) for r in recommendations]}, indent=2))
+    else:
+        render_recommendations(recommendations)
+    print(f"gradprobe: wrote {path}", file=sys.stderr)
+
+
+@app.command()
+def compare(
+    run_a: str = typer.Argument(..., help="First run (directory or name), e.g. before clipping."),
+    run_b: str = typer.Argument(..., help="Second run, e.g. after clipping."),
+    root: Path = typer.Option(Path(DEFAULT_ROOT), "--root", help="Where to look for run names."),
+    fmt: ReportFormat = typer.Option(ReportFormat.terminal, "--format", "-f",
+                                     help="Output format (terminal, markdown or json)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to FILE instead of stdout."),
+    group: List[str] = typer.Option([], "--group", "-g", help=GROUP_HELP),
+) -> None:
+    """Put two runs side by side: norms, loss, clipping, findings and per-layer medians.
+
+    [bold]gradprobe compare before after[/bold]
+    """
+    from gradprobe.reports.compare import render_compare_json, render_compare_markdown, render_compare_terminal
+    from gradprobe.reports.progress import stages
+    from gradprobe.reports.render import render_terminal_text
+    from gradprobe.reports.summary import REPORT_STAGES, build_report
+    from gradprobe.store import resolve_run
+
+    if fmt == ReportFormat.html:
+        raise GradprobeError("compare writes terminal, markdown or json; use `gradprobe report --format html` "
+                             "for each run")
+    targets = [resolve_run(run_a, root), resolve_run(run_b, root)]
+    with stages(2 * REPORT_STAGES) as progress:
+        a, b = (build_report(target, group, progress) for target in targets)
+    if fmt == ReportFormat.terminal and output is None:
+        render_compare_terminal(a, b)
+        return
+    renderers = {
+        ReportFormat.terminal: lambda: render_terminal_text(lambda console: render_compare_terminal(a, b, console)),
+        ReportFormat.markdown: lambda: render_compare_markdown(a, b),
+        ReportFormat.json: lambda: render_compare_json(a, b),
+    }
+    _deliver(renderers[fmt](), output)
 
 
 @app.command("ls")

@@ -1,10 +1,17 @@
-"""Numbers every renderer shows: global-norm statistics and per-layer norm percentiles."""
+"""What every renderer shows: the report (findings, recommendations) and its summary numbers."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
+from gradprobe.analysis import SEVERITIES, Finding, Stream, diagnose, split_streams
+from gradprobe.analysis.clip_saturation import CLIPPED_SCALE
+from gradprobe.analysis.recommend import STRATEGIES, Recommendation, recommend
+from gradprobe.reports.progress import Stages, quiet_stages
 from gradprobe.store import Run
 
 
@@ -35,3 +42,74 @@ def layer_stats(run: Run) -> pd.DataFrame:
     table["nonfinite"] = layers.groupby("layer")["nonfinite"].sum()
     table["records"] = layers.groupby("layer").size()
     return table.fillna({"nonfinite": 0, "records": 0}).astype({"nonfinite": "int64", "records": "int64"})
+
+
+@dataclass
+class Report:
+    """Everything a renderer shows about one run: the run, its optimizer streams, the findings
+    (most severe first) and the clip recommendations."""
+
+    run: Run
+    streams: list[Stream]
+    findings: list[Finding]
+    recommendations: list[Recommendation] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        """The run's name."""
+        return self.run.name
+
+    def counts(self) -> dict[str, int]:
+        """Number of findings per severity."""
+        return {level: sum(f.severity == level for f in self.findings) for level in SEVERITIES}
+
+
+REPORT_STAGES = 4
+
+
+def build_report(run: Run, groups: Sequence[str] = (), stages: Stages | None = None,
+                 strategies: Sequence[str] = STRATEGIES, percentile: float | None = None) -> Report:
+    """Read ``run``, split it into optimizer streams, diagnose it and replay clip recommendations
+    (:data:`REPORT_STAGES` stages). ``groups``: ``NAME=GLOB`` layer groups for the imbalance check;
+    ``strategies`` / ``percentile``: as for :func:`~gradprobe.analysis.recommend`."""
+    stages = stages or quiet_stages()
+    with stages.stage("reading the run"):
+        _ = (run.steps, run.layers)
+    with stages.stage("organising per-layer statistics"):
+        streams = split_streams(run)
+    with stages.stage("diagnosing"):
+        findings = diagnose(streams, groups)
+    with stages.stage("replaying clip recommendations"):
+        recommendations = recommend(streams, findings, strategies, percentile)
+    return Report(run, streams, findings, recommendations)
+
+
+def optimizer_label(run: Run, optimizer: int) -> str:
+    """``optimizer 0 (Adam)``: the optimizer's index and class as recorded."""
+    known = {o.get("index"): o for o in run.meta.get("optimizers") or [] if isinstance(o, dict)}
+    cls = (known.get(optimizer) or {}).get("class")
+    return f"optimizer {optimizer}" + (f" ({cls})" if cls else "")
+
+
+def loss_stats(steps: pd.DataFrame) -> dict[str, float] | None:
+    """First, last and minimum recorded loss (``None`` when the loss was never captured)."""
+    loss = steps["loss"].to_numpy(dtype=np.float64)
+    finite = loss[np.isfinite(loss)]
+    if finite.size == 0:
+        return None
+    return {"first": float(finite[0]), "last": float(finite[-1]), "min": float(finite.min())}
+
+
+def clip_stats(steps: pd.DataFrame) -> dict[str, float] | None:
+    """How often recorded clipping fired (``None`` when no clip threshold was recorded)."""
+    threshold = steps["clip_threshold"].to_numpy(dtype=np.float64)
+    active = np.isfinite(threshold)
+    if not active.any():
+        return None
+    scale = steps["clip_scale"].to_numpy(dtype=np.float64)[active]
+    return {
+        "steps": int(active.sum()),
+        "clipped_fraction": float(np.mean(scale < CLIPPED_SCALE)),
+        "mean_scale": float(np.nanmean(scale)),
+        "threshold_median": float(np.median(threshold[active])),
+    }

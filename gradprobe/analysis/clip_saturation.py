@@ -1,0 +1,91 @@
+"""Clip saturation: clipping that fires on nearly every step, never fires, or clips nothing.
+
+Looks only at steps where a clip threshold was recorded (``clip_threshold``
+not NaN: gradprobe's own policy, or a script's ``clip_grad_norm_`` call).
+A step *clipped* when its recorded scale is below :data:`CLIPPED_SCALE`
+(a rescale of less than 0.1% is not clipping). With at least
+:data:`MIN_STEPS` such steps:
+
+* **always**: clipped on :data:`ALWAYS_FRACTION` (90%) or more of the steps:
+  ``warning`` (the threshold acts as a learning-rate cut); ``critical`` when
+  the mean scale is also :data:`CRITICAL_MEAN_SCALE` (0.1) or less;
+* **never**: clipped on no step: ``warning`` when the largest pre-clip norm
+  stays under :data:`NEVER_MARGIN` (half) of the threshold (the threshold is
+  far above every norm seen), else ``info`` (a safety net that was not needed);
+* **clips nothing**: the pre-clip norm was recorded as exactly 0 while the
+  optimizer received a non-zero gradient on :data:`EMPTY_FRACTION` (50%) or
+  more of the steps: ``critical``, the clip call was given no parameters
+  (for example a parameter generator already consumed).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gradprobe.analysis.findings import Finding
+from gradprobe.analysis.streams import Stream
+
+CLIPPED_SCALE = 0.999
+MIN_STEPS = 20
+ALWAYS_FRACTION = 0.9
+CRITICAL_MEAN_SCALE = 0.1
+NEVER_MARGIN = 0.5
+EMPTY_FRACTION = 0.5
+
+
+def _finding(stream: Stream, steps, severity: str, evidence: dict, advice: str) -> Finding:
+    numbers = steps["step"].to_numpy()
+    return Finding(
+        kind="clip_saturation",
+        severity=severity,
+        layers=[],
+        steps=(int(numbers[0]), int(numbers[-1])),
+        evidence={"optimizer": stream.optimizer, **evidence},
+        advice=advice,
+    )
+
+
+def detect(stream: Stream) -> list[Finding]:
+    """At most one clip-saturation finding for ``stream``."""
+    steps = stream.steps
+    clipping = steps[np.isfinite(steps["clip_threshold"].to_numpy(dtype=np.float64))]
+    if len(clipping) < MIN_STEPS:
+        return []
+    pre = clipping["global_norm"].to_numpy(dtype=np.float64)
+    post = clipping["global_norm_post"].to_numpy(dtype=np.float64)
+    scale = clipping["clip_scale"].to_numpy(dtype=np.float64)
+    threshold = clipping["clip_threshold"].to_numpy(dtype=np.float64)
+    empty = (pre == 0) & np.isfinite(post) & (post > 0)
+    if empty.mean() >= EMPTY_FRACTION:
+        return [_finding(
+            stream, clipping, "critical",
+            {"empty_fraction": float(empty.mean()), "median_post_norm": float(np.median(post[empty])),
+             "threshold": float(np.median(threshold))},
+            "Clipping is configured but measured a gradient norm of 0 while the optimizer received "
+            f"a norm of {np.median(post[empty]):.3g}: the clip call saw no parameters (a generator such as "
+            "model.parameters() consumed earlier?); pass a list of the parameters.",
+        )]
+    finite = np.isfinite(scale)
+    clipped = finite & (scale < CLIPPED_SCALE)
+    fraction = float(clipped.mean())
+    mean_scale = float(np.mean(scale[finite])) if finite.any() else float("nan")
+    evidence = {"steps_with_clipping": len(clipping), "clipped_fraction": fraction, "mean_scale": mean_scale,
+                "threshold_median": float(np.median(threshold)), "max_pre_clip_norm": float(np.nanmax(pre)),
+                "median_pre_clip_norm": float(np.nanmedian(pre))}
+    if fraction >= ALWAYS_FRACTION:
+        severity = "critical" if mean_scale <= CRITICAL_MEAN_SCALE else "warning"
+        return [_finding(
+            stream, clipping, severity, evidence,
+            f"Clipping fired on {fraction:.0%} of the steps (mean scale {mean_scale:.3g}): it acts as a "
+            "learning-rate cut, not a guard against rare spikes; raise the threshold "
+            "(`gradprobe recommend`) or lower the learning rate deliberately.",
+        )]
+    if fraction == 0:
+        ratio = float(np.nanmax(pre) / np.median(threshold))
+        evidence["max_norm_over_threshold"] = ratio
+        return [_finding(
+            stream, clipping, "warning" if ratio < NEVER_MARGIN else "info", evidence,
+            f"Clipping never fired: the largest pre-clip norm was {ratio:.2g}x the threshold, so it "
+            "changed nothing; lower the threshold if it is meant to act (`gradprobe recommend`).",
+        )]
+    return []

@@ -1,0 +1,38 @@
+"""Run every detector over every optimizer stream of a run."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from gradprobe.analysis import clip_saturation, dead_layer, explosion, imbalance, nonfinite, spike, vanishing
+from gradprobe.analysis.findings import Finding
+from gradprobe.analysis.groups import check_groups, parse_groups
+from gradprobe.analysis.streams import Stream, split_streams
+from gradprobe.store import Run
+
+DETECTORS: dict[str, Callable[[Stream], list[Finding]]] = {
+    "nonfinite": nonfinite.detect,
+    "explosion": explosion.detect,
+    "spike": spike.detect,
+    "vanishing": vanishing.detect,
+    "dead_layer": dead_layer.detect,
+    "clip_saturation": clip_saturation.detect,
+}
+
+
+def diagnose(run: Run | Sequence[Stream], groups: Sequence[str] = ()) -> list[Finding]:
+    """All findings of ``run`` (or of its already split streams), most severe first, then by step.
+
+    ``groups``: user layer groups as ``NAME=GLOB`` for the imbalance detector
+    (default: the recorded groups, i.e. top-level modules).
+    """
+    streams = split_streams(run) if isinstance(run, Run) else list(run)
+    user_groups = parse_groups(groups) if groups else None
+    if user_groups:
+        check_groups(user_groups, [name for stream in streams for name in stream.names])
+    findings: list[Finding] = []
+    for stream in streams:
+        for detect in DETECTORS.values():
+            findings.extend(detect(stream))
+        findings.extend(imbalance.detect(stream, user_groups))
+    return sorted(findings, key=lambda f: (-f.rank, f.steps[0]))

@@ -1,0 +1,100 @@
+"""The finding record every detector returns, and its JSON form.
+
+A finding is one problem seen in one optimizer's stream of steps::
+
+    {"kind": "explosion", "severity": "warning", "layers": ["fc.weight"],
+     "steps": [first, last], "evidence": {...numbers...}, "advice": "..."}
+
+``evidence`` holds numbers only (and lists of numbers); it always contains
+``optimizer``, the index of the optimizer whose steps the finding is about.
+Severities, from least to most urgent: ``info`` (worth knowing, no action
+needed), ``warning`` (likely hurts training), ``critical`` (training is
+broken or about to be).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+KINDS = ("explosion", "vanishing", "spike", "nonfinite", "dead_layer", "clip_saturation", "imbalance")
+SEVERITIES = ("info", "warning", "critical")
+
+
+@dataclass
+class Finding:
+    """One diagnosed problem: what, how bad, where (layers, steps), the numbers, and what to do."""
+
+    kind: str
+    severity: str
+    layers: list[str]
+    steps: tuple[int, int]
+    evidence: dict[str, Any] = field(default_factory=dict)
+    advice: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown finding kind {self.kind!r}")
+        if self.severity not in SEVERITIES:
+            raise ValueError(f"unknown severity {self.severity!r}")
+
+    @property
+    def rank(self) -> int:
+        """0 for info, 1 for warning, 2 for critical."""
+        return SEVERITIES.index(self.severity)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The finding as plain JSON types (non-finite numbers become ``None``)."""
+        return {
+            "kind": self.kind,
+            "severity": self.severity,
+            "layers": [str(name) for name in self.layers],
+            "steps": [int(self.steps[0]), int(self.steps[1])],
+            "evidence": {str(k): json_number(v) for k, v in self.evidence.items()},
+            "advice": self.advice,
+        }
+
+
+def json_number(value: Any) -> Any:
+    """A number (or list of numbers) as plain JSON: numpy scalars unwrapped, NaN/Inf as ``None``."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [json_number(v) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    return value
+
+
+def plain_json(value: Any) -> Any:
+    """``value`` as plain JSON types, recursively (numpy unwrapped, NaN/Inf as ``None``)."""
+    if isinstance(value, dict):
+        return {str(k): plain_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_json(v) for v in value]
+    return json_number(value)
+
+
+def worst(severities: list[str]) -> str:
+    """The most urgent of ``severities``."""
+    return max(severities, key=SEVERITIES.index)
+
+
+def sentence(text: str) -> str:
+    """``text`` with its first letter in upper case."""
+    return text[:1].upper() + text[1:]
+
+
+def times(factor: float) -> str:
+    """A ratio for prose: ``12x``, ``3.4x``, ``6.8e+11x``."""
+    if not math.isfinite(factor):
+        return "inf x"
+    if factor >= 1e5:
+        return f"{factor:.2g}x"
+    return f"{factor:,.0f}x" if factor >= 10 else f"{factor:.2g}x"

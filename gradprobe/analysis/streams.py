@@ -1,0 +1,130 @@
+"""A run split into optimizer streams, with per-layer statistics as step x layer matrices.
+
+Each optimizer counts its own steps, so every detector looks at one
+optimizer's steps at a time. In a distributed run the ranks hold the same
+(reduced) gradients; the lowest rank that recorded the optimizer stands for
+all of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+import pandas as pd
+
+from gradprobe.store import Run
+
+LAYER_COLUMNS = ("norm", "maxabs", "nonfinite", "param_norm")
+
+
+@dataclass
+class Stream:
+    """One optimizer's recorded steps and the layers it updates (in depth order, input to output).
+
+    ``steps`` has one row per step, sorted. ``sampled`` lists the steps with
+    per-layer rows; :meth:`matrix` gives a column of the layer rows as a
+    ``len(sampled) x len(layer_ids)`` array, NaN (or 0 for counts) where a
+    layer had no gradient.
+    """
+
+    optimizer: int
+    steps: pd.DataFrame
+    layer_ids: np.ndarray
+    table: pd.DataFrame
+    rows: pd.DataFrame = field(repr=False)
+    _matrices: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    @property
+    def names(self) -> list[str]:
+        """Layer names, in depth order."""
+        return [str(name) for name in self.table["name"]]
+
+    @property
+    def numel(self) -> np.ndarray:
+        """Element count of each layer."""
+        return self.table["numel"].to_numpy(dtype=np.float64)
+
+    @property
+    def is_vector(self) -> np.ndarray:
+        """True for parameters with at most one dimension (biases, norm scales)."""
+        return np.asarray([len(shape) <= 1 for shape in self.table["shape"]], dtype=bool)
+
+    @cached_property
+    def sampled(self) -> np.ndarray:
+        """The steps that have per-layer rows, ascending."""
+        return np.unique(self.rows["step"].to_numpy())
+
+    @cached_property
+    def _cells(self) -> tuple[np.ndarray, np.ndarray]:
+        step_index = np.searchsorted(self.sampled, self.rows["step"].to_numpy())
+        position = np.full(int(self.layer_ids.max(initial=-1)) + 2, -1, dtype=np.int64)
+        position[self.layer_ids] = np.arange(len(self.layer_ids))
+        ids = self.rows["layer"].to_numpy()
+        ids = np.where((ids >= 0) & (ids < len(position) - 1), ids, len(position) - 1)
+        return step_index, position[ids]
+
+    @cached_property
+    def present(self) -> np.ndarray:
+        """Whether each layer had a gradient at each sampled step."""
+        out = np.zeros((len(self.sampled), len(self.layer_ids)), dtype=bool)
+        rows, cols = self._cells
+        keep = cols >= 0
+        out[rows[keep], cols[keep]] = True
+        return out
+
+    def matrix(self, column: str) -> np.ndarray:
+        """``column`` of the layer rows as a sampled-step x layer array (float32 as recorded; counts int64)."""
+        if column not in LAYER_COLUMNS:
+            raise KeyError(column)
+        cache = self._matrices
+        if column not in cache:
+            counts = column == "nonfinite"
+            out = (np.zeros(self.present.shape, np.int64) if counts
+                   else np.full(self.present.shape, np.nan, dtype=np.float32))
+            rows, cols = self._cells
+            keep = cols >= 0
+            out[rows[keep], cols[keep]] = self.rows[column].to_numpy()[keep]
+            cache[column] = out
+        return cache[column]
+
+    @property
+    def first_step(self) -> int:
+        """The first recorded step (0 for an empty stream)."""
+        return int(self.steps["step"].iloc[0]) if len(self.steps) else 0
+
+    @property
+    def last_step(self) -> int:
+        """The last recorded step (0 for an empty stream)."""
+        return int(self.steps["step"].iloc[-1]) if len(self.steps) else 0
+
+
+def _lowest_rank(frame: pd.DataFrame) -> pd.DataFrame:
+    ranks = frame["rank"].unique()
+    if len(ranks) <= 1:
+        return frame
+    return frame[frame["rank"] == ranks.min()]
+
+
+def split_streams(run: Run) -> list[Stream]:
+    """One :class:`Stream` per optimizer that recorded steps or owns layers, in optimizer order."""
+    steps, rows, table = run.steps, run.layers, run.layer_table
+    owners = pd.to_numeric(table["optimizer"], errors="coerce")
+    optimizers = sorted(set(steps["optimizer"].unique()) | set(rows["optimizer"].unique())
+                        | set(owners.dropna().astype(int)))
+    single = len(optimizers) == 1
+    streams = []
+    for optimizer in optimizers:
+        own_steps = steps if single else steps[steps["optimizer"] == optimizer]
+        own_rows = rows if single else rows[rows["optimizer"] == optimizer]
+        own_steps = _lowest_rank(own_steps).drop_duplicates("step", keep="last").reset_index(drop=True)
+        own_rows = _lowest_rank(own_rows)
+        if single:
+            ids = table["id"].to_numpy()
+        else:
+            seen = set(own_rows["layer"].unique())
+            ids = table["id"][(owners == optimizer) | (owners.isna() & table["id"].isin(seen))].to_numpy()
+        ids = np.asarray(sorted(int(i) for i in ids), dtype=np.int64)
+        streams.append(Stream(int(optimizer), own_steps, ids, table.loc[ids], own_rows))
+    return streams

@@ -1,0 +1,46 @@
+"""Rendering a report or a comparison in a named format, for the CLI and for library users."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from rich.console import Console
+
+from gradprobe.errors import GradprobeError
+from gradprobe.reports.progress import Stages
+from gradprobe.reports.summary import Report
+
+FORMATS = ("terminal", "html", "markdown", "json")
+
+
+def render_text(report: Report, fmt: str, stages: Stages | None = None) -> str:
+    """The report as ``html``, ``markdown`` or ``json`` text."""
+    if fmt == "html":
+        from gradprobe.reports.html import render_html
+
+        return render_html(report, stages)
+    if fmt == "markdown":
+        from gradprobe.reports.markdown import render_markdown
+
+        return render_markdown(report)
+    if fmt == "json":
+        from gradprobe.reports.json_report import render_json
+
+        return render_json(report)
+    raise GradprobeError(f"unknown report format {fmt!r}: choose one of {', '.join(FORMATS)}")
+
+
+def render_terminal_text(draw, width: int = 120) -> str:
+    """What ``draw(console)`` prints, as plain text without colour (for ``-o FILE``)."""
+    console = Console(record=True, width=width, file=io.StringIO(), color_system=None)
+    draw(console)
+    return console.export_text()
+
+
+def write_output(text: str, path: Path) -> None:
+    """Write ``text`` to ``path`` (UTF-8), as a one-line error when that fails."""
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise GradprobeError(f"cannot write {path}: {exc.strerror or exc}") from None

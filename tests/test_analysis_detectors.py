@@ -1,0 +1,317 @@
+"""Detectors on runs written through the run store, with expectations computed independently."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+import gradprobe
+from gradprobe.analysis import diagnose, split_streams
+from gradprobe.errors import GradprobeError
+from test_analysis_support import noisy, write_run
+
+LAYERS = ["enc.weight", "enc.bias", "dec.weight", "dec.bias"]
+SHAPES = [[8, 8], [8], [8, 8], [8]]
+
+
+def load(tmp_path, name="run"):
+    return gradprobe.load_run(tmp_path / name)
+
+
+def healthy_layers(n, seed=0):
+    """Layer norms of similar RMS (norm ~ sqrt(numel) x 0.05), each with its own noise."""
+    numel = np.array([64, 8, 64, 8])
+    return np.stack([noisy(n, 0.05 * math.sqrt(k), 0.1, seed + j) for j, k in enumerate(numel)], axis=1)
+
+
+def kinds(findings):
+    return {f.kind: f for f in findings}
+
+
+def test_healthy_synthetic_run_has_no_findings(tmp_path):
+    write_run(tmp_path, "run", noisy(500), healthy_layers(500), LAYERS, shapes=SHAPES, every=5,
+              loss=np.linspace(2, 0.5, 500))
+    assert diagnose(load(tmp_path)) == []
+
+
+def test_explosion_reports_growth_and_departure(tmp_path):
+    norms = np.concatenate([noisy(300, seed=1), noisy(100, seed=2) * 1.05 ** np.arange(1, 101)])
+    write_run(tmp_path, "run", norms)
+    (finding,) = [f for f in diagnose(load(tmp_path)) if f.kind == "explosion"]
+    logs = np.log10(norms.astype(np.float32).astype(np.float64))
+    expected = 10 ** (np.median(logs[-40:]) - np.median(logs[:80]))  # medians of log norms: last 10%, first 20%
+    assert finding.evidence["growth_factor"] == pytest.approx(expected, rel=1e-6)
+    assert 300 <= finding.evidence["departure_step"] <= 345
+    assert finding.steps == (finding.evidence["departure_step"], 399)
+    assert finding.severity == "warning"
+    assert finding.evidence["slope_decades_per_1k_steps"] == pytest.approx(1000 * math.log10(1.05), rel=0.25)
+
+
+def test_fast_explosion_is_critical(tmp_path):
+    norms = np.concatenate([noisy(300, seed=1), noisy(100, seed=2) * 1.1 ** np.arange(1, 101)])
+    write_run(tmp_path, "run", norms)
+    assert kinds(diagnose(load(tmp_path)))["explosion"].severity == "critical"
+
+
+def test_falling_norms_are_not_an_explosion(tmp_path):
+    write_run(tmp_path, "run", noisy(400) * np.logspace(0, -2, 400))
+    assert "explosion" not in kinds(diagnose(load(tmp_path)))
+
+
+def test_layer_explosion_names_the_layer(tmp_path):
+    n = 400
+    layers = healthy_layers(n)
+    layers[:, 2] *= np.where(np.arange(n) < 200, 1.0, 1.04 ** np.clip(np.arange(n) - 200, 0, None))
+    write_run(tmp_path, "run", noisy(n), layers, LAYERS, shapes=SHAPES)
+    finding = kinds(diagnose(load(tmp_path)))["explosion"]
+    assert finding.layers == ["dec.weight"]
+    assert finding.evidence["global"] is False
+
+
+@pytest.mark.parametrize("factor, severity", [(50.0, "warning"), (5.0, "info"), (5000.0, "critical")])
+def test_isolated_spike(tmp_path, factor, severity):
+    norms = noisy(300, spread=0.05)
+    norms[200] *= factor
+    write_run(tmp_path, "run", norms)
+    finding = kinds(diagnose(load(tmp_path)))["spike"]
+    assert finding.steps == (200, 200)
+    assert finding.severity == severity
+    assert finding.evidence["max_ratio"] == pytest.approx(norms[200] / np.median(norms[100:200]), rel=1e-4)
+
+
+def test_lasting_jump_is_not_a_spike(tmp_path):
+    norms = noisy(400, spread=0.05)
+    norms[300:] *= 50
+    write_run(tmp_path, "run", norms)
+    found = kinds(diagnose(load(tmp_path)))
+    assert "spike" not in found
+    assert found["explosion"].evidence["departure_step"] == 300
+
+
+def test_spikes_on_skipped_steps_are_ignored(tmp_path):
+    norms = noisy(300, spread=0.05)
+    norms[200] *= 100
+    skipped = np.zeros(300, bool)
+    skipped[200] = True
+    write_run(tmp_path, "run", norms, skipped=skipped)
+    assert "spike" not in kinds(diagnose(load(tmp_path)))
+
+
+def test_nonfinite_origin_is_first_layer_in_backward_order(tmp_path):
+    n = 100
+    norms = noisy(n)
+    norms[50:] = np.inf
+    layers = healthy_layers(n)
+    counts = np.zeros_like(layers)
+    layers[50:, :3] = np.nan  # enc.weight, enc.bias, dec.weight hold NaN (dec.bias is fine)
+    counts[50:, :3] = 3
+    loss = np.linspace(2, 1, n)
+    write_run(tmp_path, "run", norms, np.where(np.isnan(layers), 1.0, layers), LAYERS, shapes=SHAPES,
+              nonfinite=counts, loss=loss)
+    finding = kinds(diagnose(load(tmp_path)))["nonfinite"]
+    assert finding.severity == "critical"
+    assert finding.steps == (50, 99)
+    assert finding.layers == ["dec.weight", "enc.bias", "enc.weight"]
+    assert finding.evidence["nonfinite_steps"] == 50
+    assert finding.evidence["last_finite_norm"] == pytest.approx(norms[49], rel=1e-6)
+    assert finding.evidence["first_loss_nonfinite_step"] is None
+    assert "dec.weight" in finding.advice
+
+
+def test_nonfinite_loss_first_points_at_the_forward_pass(tmp_path):
+    norms, loss = noisy(60), np.linspace(2, 1, 60)
+    norms[30:], loss[29:] = np.nan, np.nan
+    write_run(tmp_path, "run", norms, loss=loss)
+    finding = kinds(diagnose(load(tmp_path)))["nonfinite"]
+    assert finding.evidence["first_loss_nonfinite_step"] == 29
+    assert "forward pass" in finding.advice
+
+
+@pytest.mark.parametrize("overflows, severity", [(2, "info"), (20, "warning")])
+def test_skipped_overflows_are_info_or_warning(tmp_path, overflows, severity):
+    norms = noisy(200)
+    skipped = np.zeros(200, bool)
+    where = np.linspace(10, 190, overflows).astype(int)
+    norms[where], skipped[where] = np.inf, True
+    write_run(tmp_path, "run", norms, skipped=skipped)
+    finding = kinds(diagnose(load(tmp_path)))["nonfinite"]
+    assert finding.severity == severity
+    assert finding.evidence["applied_steps"] == 0
+
+
+def _levels_to_norms(levels, numel, n, seed=0):
+    """Layer norms whose median log10 RMS is ``levels`` (per layer)."""
+    return np.stack([noisy(n, 10.0**lv * math.sqrt(k), 0.05, seed + j)
+                     for j, (lv, k) in enumerate(zip(levels, numel))], axis=1)
+
+
+@pytest.mark.parametrize("step, severity", [(1.4, "critical"), (0.6, "warning")])
+def test_attenuation_from_output_to_input(tmp_path, step, severity):
+    names = [f"l{i}.weight" for i in range(6)]
+    levels = -1 - step * np.arange(6)[::-1]
+    norms = _levels_to_norms(levels, [64] * 6, 50)
+    write_run(tmp_path, "run", noisy(50), norms, names, shapes=[[8, 8]] * 6, groups=["net"] * 6)
+    finding = kinds(diagnose(load(tmp_path)))["vanishing"]
+    rms = np.log10(np.median(norms, axis=0) / 8)
+    expected = np.median(rms[-2:]) - np.median(rms[:2])
+    assert finding.evidence["attenuation_decades"] == pytest.approx(expected, abs=1e-3)
+    assert finding.severity == severity
+    weak = [names[j] for j in range(6) if rms[j] <= np.median(rms[-2:]) - 2]
+    assert finding.layers == weak and "l0.weight" in weak
+
+
+@pytest.mark.parametrize("low_layer, severity", [("enc.bias", "info"), ("enc.weight", "warning")])
+def test_layer_far_below_the_rest(tmp_path, low_layer, severity):
+    levels = np.full(4, -1.5)
+    levels[LAYERS.index(low_layer)] = -5.0
+    norms = _levels_to_norms(levels, [64, 8, 64, 8], 50)
+    write_run(tmp_path, "run", noisy(50), norms, LAYERS, shapes=SHAPES, groups=["net"] * 4)
+    finding = kinds(diagnose(load(tmp_path)))["vanishing"]
+    assert finding.severity == severity
+    assert finding.layers == [low_layer]
+
+
+def test_layer_share_decaying_over_the_run(tmp_path):
+    n = 200
+    norms = healthy_layers(n)
+    norms[:, 0] *= np.logspace(0, -3, n)
+    write_run(tmp_path, "run", noisy(n), norms, LAYERS, shapes=SHAPES, groups=["net"] * 4)
+    finding = kinds(diagnose(load(tmp_path)))["vanishing"]
+    assert finding.layers == ["enc.weight"]
+    assert finding.evidence["max_decay_decades"] > 2
+
+
+@pytest.mark.parametrize("loss_end, expect", [(1.95, True), (0.2, False)])
+def test_global_decay_is_vanishing_only_while_loss_is_stuck(tmp_path, loss_end, expect):
+    n = 200
+    write_run(tmp_path, "run", noisy(n) * np.logspace(0, -4, n), loss=np.linspace(2.0, loss_end, n))
+    assert ("vanishing" in kinds(diagnose(load(tmp_path)))) is expect
+
+
+def test_dead_layers_absent_zero_and_died(tmp_path):
+    n = 100
+    norms = healthy_layers(n)
+    norms[:, 0] = np.nan          # never had a gradient
+    norms[:, 1] = 0.0             # always exactly zero
+    norms[70:, 2] = 0.0           # died for the last 30%
+    norms[95:, 3] = 0.0           # zero only for the last 5%: alive
+    write_run(tmp_path, "run", noisy(n), norms, LAYERS, shapes=SHAPES)
+    finding = kinds(diagnose(load(tmp_path)))["dead_layer"]
+    assert finding.layers == ["enc.weight", "enc.bias", "dec.weight"]
+    assert (finding.evidence["absent"], finding.evidence["all_zero"], finding.evidence["died"]) == (1, 1, 1)
+    assert finding.evidence["param_fraction"] == pytest.approx((64 + 8 + 64) / 144)
+    assert finding.severity == "critical"
+
+
+def _clip_case(tmp_path, norms, threshold, post=None):
+    with np.errstate(divide="ignore"):
+        scale = np.minimum(1.0, threshold / norms)
+    write_run(tmp_path, "run", norms, clip_threshold=np.full(len(norms), threshold), clip_scale=scale,
+              global_norm_post=norms * scale if post is None else post)
+    return kinds(diagnose(load(tmp_path))).get("clip_saturation")
+
+
+def test_clipping_every_step_is_a_learning_rate_cut(tmp_path):
+    norms = noisy(100)
+    finding = _clip_case(tmp_path, norms, 0.3)
+    assert finding.severity == "warning"
+    assert finding.evidence["clipped_fraction"] == 1.0
+    assert finding.evidence["mean_scale"] == pytest.approx(np.mean(0.3 / norms), rel=1e-5)
+
+
+def test_clipping_hard_every_step_is_critical(tmp_path):
+    assert _clip_case(tmp_path, noisy(100), 0.02).severity == "critical"
+
+
+def test_clipping_that_never_fires(tmp_path):
+    norms = noisy(100)
+    far = _clip_case(tmp_path, norms, 100.0)
+    assert far.severity == "warning"
+    assert far.evidence["max_norm_over_threshold"] == pytest.approx(norms.max() / 100, rel=1e-5)
+
+
+def test_clipping_that_never_fires_near_the_norms_is_info(tmp_path):
+    norms = noisy(100)
+    assert _clip_case(tmp_path, norms, float(norms.max()) * 1.2).severity == "info"
+
+
+def test_clipping_given_no_parameters(tmp_path):
+    norms = noisy(100)
+    finding = _clip_case(tmp_path, np.zeros(100), 1.0, post=norms)
+    assert finding.severity == "critical"
+    assert finding.evidence["median_post_norm"] == pytest.approx(np.median(norms), rel=1e-5)
+
+
+def test_occasional_clipping_is_fine(tmp_path):
+    norms = noisy(100)
+    assert _clip_case(tmp_path, norms, float(np.percentile(norms, 90))) is None
+
+
+def test_imbalance_between_recorded_groups(tmp_path):
+    n = 100
+    norms = _levels_to_norms([-1, -1, -4, -4], [64, 8, 64, 8], n)
+    write_run(tmp_path, "run", noisy(n), norms, LAYERS, shapes=SHAPES)
+    finding = kinds(diagnose(load(tmp_path)))["imbalance"]
+    rms = lambda cols, k: np.sqrt((norms[:, cols] ** 2).sum(axis=1) / k)  # noqa: E731
+    ratio = rms([0, 1], 72) / rms([2, 3], 72)
+    assert finding.evidence["ratio_median"] == pytest.approx(np.median(ratio), rel=1e-4)
+    assert finding.layers == ["dec.weight", "dec.bias"]
+    assert finding.severity == "warning"
+    assert finding.evidence["rms:enc"] > finding.evidence["rms:dec"]
+
+
+def test_imbalance_with_user_groups_and_its_start(tmp_path):
+    n = 200
+    norms = healthy_layers(n)
+    norms[100:, 2:] *= 1e-3
+    write_run(tmp_path, "run", noisy(n), norms, LAYERS, shapes=SHAPES, groups=["net"] * 4)
+    run = load(tmp_path)
+    assert "imbalance" not in kinds(diagnose(run))
+    finding = kinds(diagnose(run, ["a=enc.*", "b=dec.*"]))["imbalance"]
+    assert finding.steps == (100, 199)
+    assert finding.evidence["fraction"] == pytest.approx(0.5)
+
+
+def test_user_group_errors_are_one_line(tmp_path):
+    write_run(tmp_path, "run", noisy(50), healthy_layers(50), LAYERS, shapes=SHAPES)
+    run = load(tmp_path)
+    with pytest.raises(GradprobeError, match="matches no layer; layer names look like: enc.weight"):
+        diagnose(run, ["x=nothing*"])
+    with pytest.raises(GradprobeError, match="expected NAME=GLOB"):
+        diagnose(run, ["no-equals-sign"])
+
+
+def test_each_optimizer_is_analysed_on_its_own(tmp_path):
+    calm = noisy(300, seed=3)
+    wild = np.concatenate([noisy(200, seed=4), noisy(100, seed=5) * 1.1 ** np.arange(1, 101)])
+    layers = [{"id": i, "name": nm, "shape": [4, 4], "numel": 16, "dtype": "float32", "group": nm[0],
+               "optimizer": i} for i, nm in enumerate(["g.w", "d.w"])]
+    writer = write_run(tmp_path, "run", calm, np.c_[noisy(300, 0.5, seed=6)], ["g.w"])
+    writer.update(layers=layers)
+    write_run(tmp_path, "run", wild, np.c_[wild * 0.9], ["d.w"], optimizer=1, writer=writer, layer_offset=1)
+    run = load(tmp_path)
+    streams = split_streams(run)
+    assert [(s.optimizer, s.names, len(s.steps)) for s in streams] == [(0, ["g.w"], 300), (1, ["d.w"], 300)]
+    findings = diagnose(run)
+    assert {f.evidence["optimizer"] for f in findings} == {1}
+    assert kinds(findings)["explosion"].layers == ["d.w"]
+
+
+def test_lowest_rank_stands_for_the_run(tmp_path):
+    writer = write_run(tmp_path, "run", noisy(300))
+    wild = np.concatenate([noisy(200), 1.1 ** np.arange(1, 101)])
+    write_run(tmp_path, "run", wild, writer=writer, rank=1)
+    assert diagnose(load(tmp_path)) == []
+
+
+def test_findings_serialise_to_strict_json(tmp_path):
+    norms = noisy(100)
+    norms[40:] = np.nan
+    write_run(tmp_path, "run", norms)
+    (finding,) = diagnose(load(tmp_path))
+    data = json.loads(json.dumps(finding.to_dict(), allow_nan=False))
+    assert data["evidence"]["first_loss_nonfinite_step"] is None
+    assert data["steps"] == [40, 99]
