@@ -10,8 +10,8 @@ The run is flushed and closed however the script ends: normally,
 
 from __future__ import annotations
 
-import os
 import builtins
+import os
 import signal
 import sys
 import traceback
@@ -21,6 +21,7 @@ from importlib.machinery import SourceFileLoader
 from pathlib import Path
 from typing import Callable, Sequence
 
+from gradprobe import interrupts
 from gradprobe.errors import GradprobeError
 from gradprobe.importhooks import PostImportHooks
 from gradprobe.session import Session, StopTraining, describe_exception
@@ -87,11 +88,17 @@ def run_script(session: Session, script: str, args: Sequence[str]) -> Outcome:
         sys.path[0] = script_dir
     else:
         sys.path.insert(0, script_dir)
-    previous_term = signal.signal(signal.SIGTERM, _raise_terminated)
+    previous_term = interrupts.install(signal.SIGTERM, _raise_terminated)
+    # Ctrl-C keeps Python's own handler, deferred; a SIGINT the parent set to be ignored stays ignored.
+    own_sigint = signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    if own_sigint:
+        interrupts.install(signal.SIGINT, signal.default_int_handler)
     try:
         outcome = _execute(path)
     finally:
         signal.signal(signal.SIGTERM, previous_term)
+        if own_sigint:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         hooks.remove()
         for recorder in session.recorders:
             recorder.remove()

@@ -9,12 +9,12 @@ from typing import Mapping
 import numpy as np
 import torch
 
+from gradprobe.buffers import LAYER_STATS, STEP_COLUMNS, layers_columns, steps_columns
+from gradprobe.interrupts import critical
 from gradprobe.pytorch.naming import ParamNamer
 from gradprobe.pytorch.norms import dense, foreach_norms, global_norm, nonfinite_counts
 from gradprobe.session import Session
 
-# Columns of the per-step device buffer, in order.
-STEP_COLUMNS = ("global_norm", "global_norm_post", "clip_scale", "clip_threshold", "loss", "skipped")
 
 
 class StepStats:
@@ -77,7 +77,7 @@ class Stream:
         capacity = sampling.flush_every
         self.rows = torch.zeros((capacity, len(STEP_COLUMNS)), dtype=torch.float32, device=self.device)
         layer_capacity = math.ceil(capacity / self.every) + 1
-        self.layer_stats = torch.zeros((layer_capacity, len(self.params), 3), device=self.device)
+        self.layer_stats = torch.zeros((layer_capacity, len(self.params), len(LAYER_STATS)), device=self.device)
         self.layer_nonfinite = torch.zeros((layer_capacity, len(self.params)), dtype=torch.int64,
                                            device=self.device)
         self.nan = torch.tensor(math.nan, device=self.device)
@@ -124,23 +124,25 @@ class Stream:
         the global norm before / after clipping when clipping happened outside
         that measurement (the script's own clip call, or gradprobe's policy).
         """
-        slot = len(self._host_steps)
-        row = torch.stack(
-            [
-                stats.global_norm if pre_norm is None else pre_norm,
-                stats.global_norm if post_norm is None else post_norm,
-                self.one if scale is None else scale.float(),
-                self._scalar(threshold),
-                self._scalar(loss),
-                self._scalar(skipped),
-            ]
-        )
-        self.rows[slot].copy_(row)
-        self._host_steps.append(self.steps)
-        self._host_times.append(time.time())
-        self.steps += 1
-        if slot + 1 == self.rows.shape[0] or time.monotonic() - self._last_flush > self.session.sampling.flush_seconds:
-            self.flush()
+        with critical:  # a signal arriving mid-update waits, so the buffers stay consistent
+            slot = len(self._host_steps)
+            row = torch.stack(
+                [
+                    stats.global_norm if pre_norm is None else pre_norm,
+                    stats.global_norm if post_norm is None else post_norm,
+                    self.one if scale is None else scale.float(),
+                    self._scalar(threshold),
+                    self._scalar(loss),
+                    self._scalar(skipped),
+                ]
+            )
+            self.rows[slot].copy_(row)
+            self._host_steps.append(self.steps)
+            self._host_times.append(time.time())
+            self.steps += 1
+            full = slot + 1 == self.rows.shape[0]
+            if full or time.monotonic() - self._last_flush > self.session.sampling.flush_seconds:
+                self.flush()
 
     def _scalar(self, value: torch.Tensor | float | bool | None) -> torch.Tensor:
         if value is None:
@@ -152,27 +154,32 @@ class Stream:
         return torch.full((), float(value), device=self.device)
 
     def _record_layers(self, stats: StepStats) -> None:
-        if self._host_layer_steps and self._host_layer_steps[-1][0] == self.steps:
-            self._host_layer_steps.pop()  # the same step measured again: keep the latest reading
-        slot = len(self._host_layer_steps)
-        present = stats.present
-        maxabs = foreach_norms(stats.grads, math.inf, self.device)
-        if stats.grad_scale is not None:
-            maxabs = maxabs / stats.grad_scale
-        pnorms = foreach_norms([dense(self.params[i].detach()) for i in present], 2.0, self.device)
-        values = torch.stack([stats.norms, maxabs, pnorms], dim=1)
-        counts = nonfinite_counts(stats.grads, self.device)
-        if len(present) == len(self.params):
-            self.layer_stats[slot].copy_(values)
-            self.layer_nonfinite[slot].copy_(counts)
-        elif present:
-            index = torch.tensor(present, device=self.device)
-            self.layer_stats[slot].index_copy_(0, index, values)
-            self.layer_nonfinite[slot].index_copy_(0, index, counts)
-        self._host_layer_steps.append((self.steps, present))
+        with critical:
+            if self._host_layer_steps and self._host_layer_steps[-1][0] == self.steps:
+                self._host_layer_steps.pop()  # the same step measured again: keep the latest reading
+            slot = len(self._host_layer_steps)
+            present = stats.present
+            maxabs = foreach_norms(stats.grads, math.inf, self.device)
+            if stats.grad_scale is not None:
+                maxabs = maxabs / stats.grad_scale
+            pnorms = foreach_norms([dense(self.params[i].detach()) for i in present], 2.0, self.device)
+            values = torch.stack([stats.norms, maxabs, pnorms], dim=1)
+            counts = nonfinite_counts(stats.grads, self.device)
+            if len(present) == len(self.params):
+                self.layer_stats[slot].copy_(values)
+                self.layer_nonfinite[slot].copy_(counts)
+            elif present:
+                index = torch.tensor(present, device=self.device)
+                self.layer_stats[slot].index_copy_(0, index, values)
+                self.layer_nonfinite[slot].index_copy_(0, index, counts)
+            self._host_layer_steps.append((self.steps, present))
 
     def flush(self) -> None:
         """Copy buffered steps to the host (one device sync) and append them to the run."""
+        with critical:
+            self._flush()
+
+    def _flush(self) -> None:
         self._last_flush = time.monotonic()
         n = len(self._host_steps)
         if n == 0:
@@ -181,26 +188,13 @@ class Stream:
         m = len(self._host_layer_steps)
         stats = self.layer_stats[:m].cpu().numpy()
         counts = self.layer_nonfinite[:m].cpu().numpy()
+        present = np.zeros((m, len(self.params)), dtype=bool)
+        for k, (_, positions) in enumerate(self._host_layer_steps):
+            present[k, positions] = True
         rank = self.session.layout["rank"]
-        steps = {"step": np.asarray(self._host_steps, dtype=np.int64), "time": np.asarray(self._host_times)}
-        steps.update({name: rows[:, j] for j, name in enumerate(STEP_COLUMNS)})
-        steps["skipped"] = steps["skipped"] > 0.5
-        steps["optimizer"] = np.full(n, self.index, dtype=np.int16)
-        steps["rank"] = np.full(n, rank, dtype=np.int16)
-        slot = np.concatenate([np.full(len(p), k) for k, (_, p) in enumerate(self._host_layer_steps)] or [[]])
-        pos = np.concatenate([np.asarray(p, dtype=np.int64) for _, p in self._host_layer_steps] or [[]])
-        slot, pos = slot.astype(np.int64), pos.astype(np.int64)
-        layer_steps = np.asarray([s for s, _ in self._host_layer_steps], dtype=np.int64)
-        layers = {
-            "step": layer_steps[slot] if m else np.zeros(0, np.int64),
-            "optimizer": np.full(len(pos), self.index, dtype=np.int16),
-            "rank": np.full(len(pos), rank, dtype=np.int16),
-            "layer": self.layer_ids[pos] if len(pos) else np.zeros(0, np.int32),
-            "norm": stats[slot, pos, 0],
-            "maxabs": stats[slot, pos, 1],
-            "param_norm": stats[slot, pos, 2],
-            "nonfinite": counts[slot, pos],
-        }
+        steps = steps_columns(self._host_steps, self._host_times, rows, self.index, rank)
+        layers = layers_columns([s for s, _ in self._host_layer_steps], present, stats, counts,
+                                self.layer_ids, self.index, rank)
         self._host_steps.clear()
         self._host_times.clear()
         self._host_layer_steps.clear()
