@@ -10,7 +10,9 @@ from typing import List, Optional
 import typer
 
 from gradprobe._version import __version__
+from gradprobe.cli.apply_command import apply
 from gradprobe.cli.launch import SCRIPT_CONTEXT, profile, run
+from gradprobe.cli.tune_command import tune
 from gradprobe.errors import GradprobeError
 from gradprobe.store import DEFAULT_ROOT
 
@@ -39,6 +41,8 @@ def _root(
 
 app.command(context_settings=SCRIPT_CONTEXT)(profile)
 app.command(context_settings=SCRIPT_CONTEXT)(run)
+app.command(context_settings=SCRIPT_CONTEXT)(tune)
+app.command()(apply)
 
 
 class ReportFormat(str, Enum):

@@ -21,6 +21,10 @@ NAME = typer.Option(None, "--name", help="Run directory name (default: time-scri
 EVERY = typer.Option(DEFAULT_EVERY, "--every", min=1,
                      help="Record per-layer norms every N steps (the global norm is recorded at every step).")
 MAX_STEPS = typer.Option(None, "--max-steps", min=1, help="End the script cleanly after N optimizer steps.")
+SEED = typer.Option(None, "--seed", help="Seed Python, NumPy, PyTorch and TensorFlow before the script "
+                    "runs (a script that seeds itself overrides it).")
+QUIET = typer.Option(False, "--quiet", "-q", help="No live view on stderr (it is shown only when stderr is a "
+                     "terminal).")
 FLUSH_EVERY = typer.Option(DEFAULT_FLUSH_EVERY, "--flush-every", min=1,
                            help="Copy device buffers to disk every N steps.")
 
@@ -32,23 +36,27 @@ def script_args(args: Optional[List[str]]) -> list[str]:
 
 
 def launch(script: str, args: Optional[List[str]], out: Path, name: Optional[str], every: int,
-           max_steps: Optional[int], flush_every: int, clip: Optional[str] = None) -> None:
+           max_steps: Optional[int], flush_every: int, seed: Optional[int], clip: Optional[str] = None,
+           quiet: bool = False) -> None:
     """Check everything, run the script under a session, and exit as the script did."""
     from gradprobe.launcher import check_script, reraise_signal, run_script
+    from gradprobe.reports.live import live_view
     from gradprobe.session import Sampling, Session
 
     check_script(script)
     args_list = script_args(args)
-    session = Session(out=out, name=name, script=script, argv=[script, *args_list],
-                      sampling=Sampling(every=every, flush_every=flush_every), max_steps=max_steps, clip=clip)
-    outcome = run_script(session, script, args_list)
+    session = Session(out=out, name=name, script=script, argv=[script, *args_list], max_steps=max_steps,
+                      sampling=Sampling(every=every, flush_every=flush_every), clip=clip, seed=seed)
+    with live_view(session, quiet):
+        outcome = run_script(session, script, args_list, seed)
     print(f"gradprobe: run {outcome.status} -> {session.path}", file=sys.stderr)
     reraise_signal(outcome)
     raise typer.Exit(outcome.exit_code)
 
 
 def profile(script: str = SCRIPT, args: Optional[List[str]] = ARGS, out: Path = OUT, name: Optional[str] = NAME,
-            every: int = EVERY, max_steps: Optional[int] = MAX_STEPS, flush_every: int = FLUSH_EVERY) -> None:
+            every: int = EVERY, max_steps: Optional[int] = MAX_STEPS, flush_every: int = FLUSH_EVERY,
+            seed: Optional[int] = SEED, quiet: bool = QUIET) -> None:
     """Run SCRIPT unmodified and record its gradients into a run directory.
 
     [bold]gradprobe profile train.py -- --epochs 1[/bold]
@@ -56,7 +64,7 @@ def profile(script: str = SCRIPT, args: Optional[List[str]] = ARGS, out: Path = 
     The script keeps its argv, working directory, sys.path, stdout and exit code;
     gradprobe prints only to stderr.
     """
-    launch(script, args, out, name, every, max_steps, flush_every)
+    launch(script, args, out, name, every, max_steps, flush_every, seed, quiet=quiet)
 
 
 def run(
@@ -67,7 +75,7 @@ def run(
     clip_from: Optional[Path] = typer.Option(None, "--clip-from", help="Use the first recommendation of "
                                              "a recommendation.json (or of a run directory holding one)."),
     out: Path = OUT, name: Optional[str] = NAME, every: int = EVERY, max_steps: Optional[int] = MAX_STEPS,
-    flush_every: int = FLUSH_EVERY,
+    flush_every: int = FLUSH_EVERY, seed: Optional[int] = SEED, quiet: bool = QUIET,
 ) -> None:
     """Run SCRIPT unmodified with a clip policy applied before every optimizer step, and record it.
 
@@ -84,4 +92,4 @@ def run(
     if (clip is None) == (clip_from is None):
         raise GradprobeError("give exactly one of --clip SPEC or --clip-from FILE")
     policy = parse_spec(clip if clip is not None else load_recommended_spec(clip_from))
-    launch(script, args, out, name, every, max_steps, flush_every, clip=policy)
+    launch(script, args, out, name, every, max_steps, flush_every, seed, clip=policy, quiet=quiet)

@@ -24,6 +24,7 @@ from typing import Callable, Sequence
 from gradprobe import interrupts
 from gradprobe.errors import GradprobeError
 from gradprobe.importhooks import PostImportHooks
+from gradprobe.seeding import seeded
 from gradprobe.session import Session, StopTraining, describe_exception
 
 
@@ -77,10 +78,11 @@ def _attachments(session: Session) -> dict[str, Callable[[object], None]]:
     return {"torch": attach_torch}
 
 
-def run_script(session: Session, script: str, args: Sequence[str]) -> Outcome:
-    """Execute ``script`` with ``args`` under ``session``; always closes the session."""
+def run_script(session: Session, script: str, args: Sequence[str], seed: int | None = None) -> Outcome:
+    """Execute ``script`` with ``args`` under ``session``; always closes the session.
+    ``seed`` seeds Python, NumPy, PyTorch and TensorFlow (:mod:`gradprobe.seeding`)."""
     path = check_script(script)
-    hooks = PostImportHooks(_attachments(session)).install()
+    hooks = PostImportHooks(seeded(_attachments(session), seed)).install()
     saved_argv, saved_path0 = sys.argv, sys.path[0] if sys.path else None
     sys.argv = [script, *args]
     script_dir = str(path.resolve().parent)

@@ -10,7 +10,7 @@ import time
 import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from gradprobe._version import __version__
 from gradprobe.errors import GradprobeError
@@ -69,6 +69,7 @@ class Session:
     arrays to :meth:`append`. ``clip`` (a spec or a policy) is the clip policy
     the adapters apply at every step. ``max_steps`` ends training with
     :class:`StopTraining` once any optimizer has taken that many steps.
+    ``seed`` is noted in ``run.json`` when the launcher seeded the script.
     """
 
     def __init__(
@@ -80,6 +81,7 @@ class Session:
         sampling: Sampling | None = None,
         max_steps: int | None = None,
         clip: "str | Policy | None" = None,
+        seed: int | None = None,
     ):
         if max_steps is not None and max_steps < 1:
             raise GradprobeError("--max-steps must be a positive integer")
@@ -92,6 +94,7 @@ class Session:
         self.layers: list[dict[str, Any]] = []
         self.optimizers: list[dict[str, Any]] = []
         self.recorders: list = []
+        self.listeners: list[Callable[[dict, dict], None]] = []  # called with each flush's tables (live view)
         self.closed = False
         self.writer = RunWriter(
             path,
@@ -112,6 +115,7 @@ class Session:
                 "clip": str(self.policy) if self.policy is not None else None,
                 "sampling": asdict(self.sampling),
                 "max_steps": max_steps,
+                "seed": seed,
                 "world": self.layout,
                 "optimizers": self.optimizers,
                 "layers": self.layers,
@@ -162,6 +166,8 @@ class Session:
         progress["steps"] += len(steps["step"])
         progress["flushes"] += 1
         self.writer.write_meta()
+        for listener in self.listeners:
+            listener(steps, layers)
 
     def count_step(self, optimizer_steps: int) -> bool:
         """Note that an optimizer reached ``optimizer_steps`` steps; True when max_steps is reached."""

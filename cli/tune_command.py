@@ -1,0 +1,74 @@
+"""``gradprobe tune``: choose a clip policy by short trials of the script."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from gradprobe.cli.launch import ARGS, EVERY, OUT, SCRIPT, script_args
+
+
+def tune(
+    script: str = SCRIPT,
+    args: Optional[List[str]] = ARGS,
+    steps: Optional[int] = typer.Option(None, "--steps", "-n", min=1, help="Optimizer steps per trial "
+                                        "(default: as many as the --from run recorded, else 200)."),
+    from_run: Optional[str] = typer.Option(None, "--from", help="Derive candidates from this recorded run "
+                                           "instead of profiling first."),
+    candidates: List[str] = typer.Option([], "--candidates", help="Clip specs to try instead of the derived "
+                                         "ones, comma-separated ('none' for no clipping; repeatable)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the first round; repeats use seed+1, seed+2, ..."),
+    repeats: int = typer.Option(3, "--repeats", min=1, help="Trials per candidate for the best two and no "
+                                "clipping, to measure run-to-run noise."),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Trials run in parallel (each gets an equal share "
+                             "of the CPU threads)."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", min=1, help="Seconds after which a trial is "
+                                            "stopped and counted as failed."),
+    out: Path = OUT, name: Optional[str] = typer.Option(None, "--name", help="Tune directory name."),
+    every: int = EVERY,
+) -> None:
+    """Try clip policies in short, seeded trials of SCRIPT and choose the one that trains best.
+
+    [bold]gradprobe tune train.py --steps 300 -- --epochs 1[/bold]
+    [bold]gradprobe tune train.py --candidates 'none,global-norm:max=1,zclip:z=2.5'[/bold]
+
+    Profiles SCRIPT, derives candidates (no clipping, global-norm at the 50th,
+    90th, 95th and 99th percentile of the norms, AutoClip, ZClip), runs each
+    for the same number of steps with the same seed, scores it by its smoothed
+    final loss (penalising exploding, non-finite and failed trials), repeats the
+    best two and no clipping with other seeds, and picks the least intrusive
+    policy within run-to-run noise of the best. Writes tune.json and, when a
+    clip policy wins, recommendation.json for run --clip-from / apply --from.
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from gradprobe.launcher import check_script
+    from gradprobe.reports.terminal import fmt
+    from gradprobe.reports.tune_table import render_tune
+    from gradprobe.store import resolve_run
+    from gradprobe.tuning import TuneConfig
+    from gradprobe.tuning import tune as run_tune
+    from gradprobe.tuning.candidates import parse_candidates
+
+    check_script(script)
+    source = resolve_run(from_run) if from_run else None
+    config = TuneConfig(script, script_args(args), steps or (None if source else 200), source,
+                        parse_candidates(candidates) if candidates else None, seed, repeats, jobs, every, out, name,
+                        timeout)
+    console = Console(stderr=True)
+    columns = (TextColumn("tuning"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("trials", total=None)
+
+        def finished(trial) -> None:
+            progress.advance(task)
+            score = trial.score
+            progress.console.print(f"gradprobe: {trial.name} {trial.candidate.label} (seed {trial.seed}): "
+                                   f"{score.status}, score {fmt(score.score)}"
+                                   + (f" ({score.error})" if score.error else ""), highlight=False)
+
+        result = run_tune(config, lambda total: progress.update(task, total=total), finished)
+    render_tune(result)

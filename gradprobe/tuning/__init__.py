@@ -1,0 +1,17 @@
+"""``gradprobe tune``: choose a clip policy by short, seeded trials of the script.
+
+:func:`~gradprobe.tuning.tune.tune` profiles the script (or reuses a run),
+derives candidate policies from the recommendations
+(:mod:`~gradprobe.tuning.candidates`), runs each as a trial of the same
+length (:mod:`~gradprobe.tuning.trials`), scores the trials by their recorded
+loss and repeats the best ones to estimate run-to-run noise
+(:mod:`~gradprobe.tuning.scoring`).
+"""
+
+from gradprobe.tuning.candidates import Candidate, derive_candidates
+from gradprobe.tuning.scoring import Summary, TrialScore, score_run
+from gradprobe.tuning.trials import Trial, TrialPlan
+from gradprobe.tuning.tune import TuneConfig, TuneResult, tune
+
+__all__ = ["Candidate", "Summary", "Trial", "TrialPlan", "TrialScore", "TuneConfig", "TuneResult",
+           "derive_candidates", "score_run", "tune"]

@@ -1,0 +1,199 @@
+"""Running a tune: profile, derive candidates, try each, repeat the best, choose, write ``tune.json``.
+
+Every trial runs the script for the same number of optimizer steps with the
+same seed; the two best candidates and no clipping are then repeated with
+seeds ``seed+1 ... seed+repeats-1`` to measure run-to-run noise. Among the
+candidates that are not significantly worse than the best
+(:func:`~gradprobe.tuning.scoring.better_than`), the least intrusive one
+(the smallest share of steps clipped; no clipping first) is chosen.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from gradprobe.errors import GradprobeError
+from gradprobe.recommendation_file import RECOMMENDATION_FILE
+from gradprobe.store import Run, create_run_dir, load_run
+from gradprobe.store.writer import write_json_atomic
+from gradprobe.tuning.candidates import NO_CLIPPING, Candidate, derive_candidates
+from gradprobe.tuning.scoring import PENALTIES, Summary, better_than
+from gradprobe.tuning.trials import Trial, TrialPlan, run_trial
+
+TUNE_FILE = "tune.json"
+REPEATED_BEST = 2  # candidates repeated besides no clipping
+
+
+@dataclass
+class TuneConfig:
+    """What ``gradprobe tune`` was asked to do."""
+
+    script: str
+    args: Sequence[str] = ()
+    steps: int | None = None
+    source: Run | None = None
+    candidates: Sequence[Candidate] | None = None
+    seed: int = 0
+    repeats: int = 3
+    jobs: int = 1
+    every: int = 10
+    out: Path = Path("gradprobe-runs")
+    name: str | None = None
+    timeout: float | None = None
+
+
+@dataclass
+class TuneResult:
+    """The trials, the candidates ranked, the choice and why."""
+
+    path: Path
+    trials: list[Trial] = field(default_factory=list)
+    ranking: list[Summary] = field(default_factory=list)
+    chosen: Summary | None = None
+    verdict: str = ""
+    p_values: dict[str, float] = field(default_factory=dict)
+
+
+# Callbacks: the number of trials planned so far, and each trial as it finishes.
+Planned = Callable[[int], None]
+Finished = Callable[[Trial], None]
+
+
+def tune(config: TuneConfig, planned: Planned = lambda n: None, finished: Finished = lambda t: None) -> TuneResult:
+    """Run the whole tune described by ``config`` (see the module docstring)."""
+    if config.repeats < 1 or config.jobs < 1:
+        raise GradprobeError("--repeats and --jobs must be positive integers")
+    steps = config.steps or (_recorded_steps(config.source) if config.source else None)
+    if not steps:
+        raise GradprobeError("give the trial length with --steps N")
+    stem = Path(config.script).stem
+    result = TuneResult(create_run_dir(config.out, f"tune-{stem}", config.name))
+    threads = max(1, (os.cpu_count() or 1) // config.jobs) if config.jobs > 1 else None
+    plan = TrialPlan(config.script, tuple(config.args), steps, config.every, result.path, config.timeout, threads)
+    runner = _Runner(plan, result, config, finished)
+
+    candidates = list(config.candidates or [])
+    if not candidates:
+        source = config.source
+        if source is None:
+            planned(1)
+            profile = runner.run([(Candidate(NO_CLIPPING, None), config.seed)])[0]
+            if profile.score.steps == 0:
+                raise GradprobeError(f"profiling {config.script} recorded no steps "
+                                     f"({profile.score.error}); see {profile.log_path}")
+            source = load_run(profile.run_path)
+        candidates = derive_candidates(source)
+    first_round = [(c, config.seed) for c in candidates if not runner.tried(c, config.seed)]
+    planned(len(first_round) + len(runner.trials))
+    runner.run(first_round)
+
+    summaries = _summaries(candidates, result.trials)
+    repeated = sorted(summaries, key=Summary.rank_key)[:REPEATED_BEST]
+    repeated += [s for s in summaries if s.spec is None and s not in repeated]
+    repeats = [(Candidate(s.label, s.spec), config.seed + k) for k in range(1, config.repeats) for s in repeated]
+    planned(len(repeats) + len(result.trials))
+    runner.run(repeats)
+
+    summaries = _summaries(candidates, result.trials)
+    contenders = sorted((s for s in summaries if len(s.scores) == config.repeats), key=Summary.rank_key)
+    result.ranking = contenders + sorted((s for s in summaries if s not in contenders), key=Summary.rank_key)
+    _decide(result, contenders)
+    runner.save()
+    return result
+
+
+class _Runner:
+    """Runs batches of trials (``jobs`` at a time) and keeps ``tune.json`` current after each."""
+
+    def __init__(self, plan: TrialPlan, result: TuneResult, config: TuneConfig, finished: Finished):
+        self.plan, self.result, self.config = plan, result, config
+        self.finished = finished
+        self.trials = result.trials
+
+    def tried(self, candidate: Candidate, seed: int) -> bool:
+        return any(t.candidate.spec == candidate.spec and t.seed == seed for t in self.trials)
+
+    def run(self, batch: list[tuple[Candidate, int]]) -> list[Trial]:
+        names = [f"trial-{len(self.trials) + i:02d}-s{seed}" for i, (_, seed) in enumerate(batch)]
+        done: list[Trial] = []
+        with ThreadPoolExecutor(max_workers=self.config.jobs) as pool:
+            futures = [pool.submit(run_trial, self.plan, c, seed, name) for (c, seed), name in zip(batch, names)]
+            for future in as_completed(futures):
+                trial = future.result()
+                done.append(trial)
+                self.trials.append(trial)
+                self.save()
+                self.finished(trial)
+        self.trials.sort(key=lambda t: t.name)
+        return sorted(done, key=lambda t: t.name)
+
+    def save(self) -> None:
+        result, config = self.result, self.config
+        document = {
+            "script": config.script, "args": list(config.args), "steps": self.plan.steps, "seed": config.seed,
+            "repeats": config.repeats, "trials": [t.to_dict() for t in result.trials],
+            "ranking": [_summary_dict(s) for s in result.ranking],
+            "chosen": result.chosen.spec if result.chosen else None,
+            "chosen_label": result.chosen.label if result.chosen else None,
+            "verdict": result.verdict, "p_values": result.p_values,
+        }
+        write_json_atomic(result.path / TUNE_FILE, document)
+        if result.chosen is not None and result.chosen.spec is not None:
+            write_json_atomic(result.path / RECOMMENDATION_FILE, {"run": result.path.name, "recommendations": [
+                {"strategy": "tune", "spec": result.chosen.spec, "rationale": result.verdict}]})
+
+
+def _recorded_steps(run: Run) -> int:
+    steps = run.steps
+    return int((steps["optimizer"] == steps["optimizer"].min()).sum()) if not steps.empty else 0
+
+
+def _summaries(candidates: Sequence[Candidate], trials: Sequence[Trial]) -> list[Summary]:
+    summaries = []
+    for candidate in candidates:
+        scores = [t.score for t in trials if t.candidate.spec == candidate.spec]
+        if scores:
+            summaries.append(Summary(candidate.label, candidate.spec, scores))
+    return summaries
+
+
+def _summary_dict(s: Summary) -> dict:
+    return {"candidate": s.label, "spec": s.spec, "status": s.status, "mean": s.mean, "std": s.std,
+            "trials": len(s.scores), "clip_fraction": s.clip_fraction}
+
+
+def _decide(result: TuneResult, contenders: list[Summary]) -> None:
+    """Among the candidates tried with every seed, choose the least intrusive one that is not
+    significantly worse than the best of them."""
+    best = contenders[0]
+    if best.penalty >= PENALTIES["diverged"]:
+        result.verdict = "every candidate diverged or failed; read the trial logs"
+        return
+    equivalent, worse = [best], []
+    for other in contenders[1:]:
+        significant, p = better_than(best, other)
+        if significant is None:  # a single trial each: no noise estimate, the best score wins
+            continue
+        result.p_values[other.label] = p
+        (worse if significant else equivalent).append(other)
+    chosen = min(equivalent, key=lambda s: (s.clip_fraction, s.spec is not None))
+    result.chosen = chosen
+    name = "no clipping" if chosen.spec is None else chosen.spec
+    if len(best.scores) < 2:
+        result.verdict = f"{name} scored best; run-to-run noise was not measured (--repeats 1)"
+    elif chosen.spec is None and best.spec is not None:
+        result.verdict = (f"clipping makes no significant difference here: the best policy, {best.spec} "
+                          f"(score {best.mean:.4g}), is within run-to-run noise of no clipping "
+                          f"(p = {result.p_values[chosen.label]:.2f})")
+    elif chosen is not best:
+        result.verdict = (f"{name} is within run-to-run noise of the best, {best.label} (p = "
+                          f"{result.p_values[chosen.label]:.2f}), and clips less ({chosen.clip_fraction:.0%} "
+                          f"of steps)")
+    else:
+        reasons = [f"{s.label}: {s.status}" if s.penalty != best.penalty else f"{s.label}: p = "
+                   f"{result.p_values[s.label]:.2g}" for s in worse]
+        result.verdict = f"{name} trains best" + (f", significantly ({'; '.join(reasons)})" if reasons else "")

@@ -1,0 +1,46 @@
+"""The ranked table and the choice that ``gradprobe tune`` prints."""
+
+from __future__ import annotations
+
+import math
+
+from rich.console import Console
+from rich.table import Table
+
+from gradprobe.reports.terminal import fmt, stdout_console
+from gradprobe.tuning import TuneResult
+
+STATUS_STYLES = {"ok": "green", "exploding": "yellow", "diverged": "red", "failed": "red"}
+
+
+def render_tune(result: TuneResult, console: Console | None = None) -> None:
+    """Print the candidates best first (mean score ± std over seeds), the verdict and how to use it."""
+    console = console or stdout_console()
+    table = Table(title=f"gradprobe tune: {result.path}", title_justify="left")
+    for column, justify in (("#", "right"), ("candidate", "left"), ("spec", "left"), ("score", "right"),
+                            ("± std", "right"), ("trials", "right"), ("clipped", "right"), ("status", "left")):
+        table.add_column(column, justify=justify)
+    repeats = max((len(s.scores) for s in result.ranking), default=1)
+    for rank, summary in enumerate(result.ranking, 1):
+        if rank > 1 and len(summary.scores) < repeats == len(result.ranking[rank - 2].scores):
+            table.add_section()  # below: candidates tried with the first seed only
+        chosen = summary is result.chosen
+        style = STATUS_STYLES.get(summary.status, "")
+        table.add_row(
+            f"{rank}{' *' if chosen else ''}", summary.label, summary.spec or "-", fmt(summary.mean),
+            "-" if math.isnan(summary.std) else fmt(summary.std), str(len(summary.scores)),
+            f"{summary.clip_fraction:.0%}", f"[{style}]{summary.status}[/{style}]" if style else summary.status,
+            style="bold" if chosen else None,
+        )
+    console.print(table)
+    console.print("score: median recorded loss over the last 10% of steps (lower is better), averaged over the "
+                  "seeds; the best candidates are repeated with more seeds, the rest (below the line) ran once")
+    console.print(f"verdict: {result.verdict}")
+    if result.chosen is None:
+        return
+    if result.chosen.spec is None:
+        console.print("chosen: no clipping")
+    else:
+        console.print(f"chosen: [bold]{result.chosen.spec}[/bold]", highlight=False)
+        console.print(f"use it: gradprobe run --clip-from {result.path} SCRIPT   or   "
+                      f"gradprobe apply SCRIPT --from {result.path}", highlight=False)
