@@ -11,6 +11,7 @@ import typer
 
 from gradprobe._version import __version__
 from gradprobe.cli.apply_command import apply
+from gradprobe.cli.export_command import export
 from gradprobe.cli.launch import SCRIPT_CONTEXT, profile, run
 from gradprobe.cli.tune_command import tune
 from gradprobe.errors import GradprobeError
@@ -43,6 +44,7 @@ app.command(context_settings=SCRIPT_CONTEXT)(profile)
 app.command(context_settings=SCRIPT_CONTEXT)(run)
 app.command(context_settings=SCRIPT_CONTEXT)(tune)
 app.command()(apply)
+app.command()(export)
 
 
 class ReportFormat(str, Enum):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -45,6 +46,24 @@ def _models(model: Any) -> Mapping[str, Any]:
     return {type(model).__name__: model}
 
 
+def _is_keras(models: Mapping[str, Any]) -> bool:
+    keras = sys.modules.get("keras")
+    return keras is not None and any(isinstance(m, keras.Model) for m in models.values())
+
+
+def _recorder(session: Session, models: Mapping[str, Any]):
+    """The TensorFlow recorder for Keras models (or no model in a process that imported
+    TensorFlow and not PyTorch), the PyTorch recorder otherwise."""
+    if _is_keras(models) or (not models and "tensorflow" in sys.modules and "torch" not in sys.modules):
+        from gradprobe.tensorflow import TFRecorder, VariableNamer
+
+        return TFRecorder(session, VariableNamer(models) if models else None)
+    from gradprobe.pytorch.naming import ParamNamer
+    from gradprobe.pytorch.recorder import TorchRecorder
+
+    return TorchRecorder(session, ParamNamer(models) if models else None)
+
+
 @contextmanager
 def watch(
     model: Any = None,
@@ -58,8 +77,9 @@ def watch(
 ) -> Iterator[Recording]:
     """Record gradient statistics of the training done inside the ``with`` block.
 
-    ``model``: a ``torch.nn.Module``, a list of them, or a ``{label: module}``
-    dict (labels prefix the layer names); ``None`` records every optimizer.
+    ``model``: a ``torch.nn.Module`` or a Keras model, a list of them, or a
+    ``{label: model}`` dict (labels prefix the layer names); ``None`` records
+    every optimizer (of TensorFlow when the process imported it and not PyTorch).
     ``every``: per-layer statistics every N optimizer steps (global norm every
     step). ``max_steps``: leave the block (cleanly) after N optimizer steps.
     ``clip``: a clip policy spec (e.g. ``"autoclip:p=10"``) applied right before
@@ -72,13 +92,10 @@ def watch(
                 opt.zero_grad(); loss_fn(model(x), y).backward(); opt.step()
         run = gradprobe.load_run(rec.path)
     """
-    from gradprobe.pytorch.naming import ParamNamer
-    from gradprobe.pytorch.recorder import TorchRecorder
-
     session = Session(out=out, name=name, sampling=Sampling(every, flush_every, flush_seconds),
                       max_steps=max_steps, clip=clip)
     models = _models(model)
-    session.recorders.append(TorchRecorder(session, ParamNamer(models) if models else None).install())
+    session.recorders.append(_recorder(session, models).install())
     status, error, reason = "finished", None, None
     try:
         yield Recording(session)

@@ -75,7 +75,28 @@ def _attachments(session: Session) -> dict[str, Callable[[object], None]]:
             print(f"gradprobe: cannot attach to PyTorch ({describe_exception(exc)}); "
                   "the script runs unrecorded", file=sys.stderr)
 
-    return {"torch": attach_torch}
+    attached_tensorflow = []
+
+    def attach_tensorflow(module: object) -> None:
+        # tensorflow and keras import each other: attach once the other one has finished importing.
+        other = sys.modules.get("keras" if getattr(module, "__name__", None) == "tensorflow" else "tensorflow")
+        if attached_tensorflow or getattr(getattr(other, "__spec__", None), "_initializing", False):
+            return
+        attached_tensorflow.append(module)
+        keras = sys.modules.get("keras")
+        if keras is not None and keras.backend.backend() != "tensorflow":
+            print(f"gradprobe: Keras uses the {keras.backend.backend()} backend; gradprobe records Keras "
+                  "with the tensorflow backend, so the script runs unrecorded", file=sys.stderr)
+            return
+        try:
+            from gradprobe.tensorflow import TFRecorder
+
+            session.recorders.append(TFRecorder(session).install())
+        except Exception as exc:  # never break the script's import
+            print(f"gradprobe: cannot attach to TensorFlow ({describe_exception(exc)}); "
+                  "the script runs unrecorded", file=sys.stderr)
+
+    return {"torch": attach_torch, "tensorflow": attach_tensorflow, "keras": attach_tensorflow}
 
 
 def run_script(session: Session, script: str, args: Sequence[str], seed: int | None = None) -> Outcome:

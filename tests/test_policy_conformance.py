@@ -3,7 +3,8 @@
 The references below are written from each policy's formula (float64, plain
 Python loops, the standard library's statistics and numpy's percentile),
 independently of gradprobe's code. Each applier (numpy with PyTorch layout,
-numpy with Keras layout, torch) gets the same gradient sequence and must
+numpy with Keras layout, torch, TensorFlow eagerly and inside one
+``tf.function``, in Keras layout) gets the same gradient sequence and must
 produce the same clipped gradients and the same per-step decisions.
 """
 
@@ -231,14 +232,42 @@ def run_torch(spec, sequence):
     return outcomes
 
 
+def run_tensorflow(spec, sequence, compiled=False):
+    """TensorFlow in Keras layout (kernels stored (in, out)); ``compiled``: every step runs in one
+    ``tf.function``, traced once, the policy's state living in variables across calls."""
+    tf = pytest.importorskip("tensorflow")
+    from gradprobe.policies.tf_apply import TFClipper
+
+    clipper = TFClipper(spec)
+    variables = [tf.Variable(np.ascontiguousarray(p.T)) for p in PARAMS]
+
+    def step(*grads):
+        clipped, result = clipper.clip(list(grads), variables)
+        return clipped, result.clipped, result.skipped, result.threshold
+
+    if compiled:
+        step = tf.function(step)
+    outcomes = []
+    for grads in sequence:
+        clipped, was_clipped, skipped, threshold = step(*(tf.constant(np.ascontiguousarray(g.T)) for g in grads))
+        outcomes.append(([g.numpy().T for g in clipped], bool(was_clipped), bool(skipped), float(threshold)))
+    if compiled:
+        assert step.experimental_get_tracing_count() == 1
+    return outcomes
+
+
 APPLIERS = {
     "numpy": run_numpy,
     "numpy-keras-layout": lambda spec, seq: run_numpy(spec, seq, keras_layout=True),
     "torch": run_torch,
+    "tensorflow": run_tensorflow,
+    "tf.function": lambda spec, seq: run_tensorflow(spec, seq, compiled=True),
 }
+TF_APPLIERS = {"tensorflow", "tf.function"}
 
 
-@pytest.mark.parametrize("applier", list(APPLIERS))
+@pytest.mark.parametrize("applier", [pytest.param(name, marks=pytest.mark.tensorflow) if name in TF_APPLIERS
+                                     else name for name in APPLIERS])
 @pytest.mark.parametrize("spec", list(CASES))
 def test_policy_matches_reference(spec, applier):
     expected = CASES[spec]()
@@ -278,7 +307,7 @@ def test_reference_global_norm_by_hand():
     assert scale * 10.0 == pytest.approx(2 + 4 / (8 / std) * std, rel=1e-6)
 
 
-# -- live torch vs numpy replay, step by step ---------------------------------------------------
+# -- live torch and TensorFlow vs numpy replay, step by step ---------------------------------------------------
 GLOBAL_SPECS = [
     "global-norm:max=3",
     "autoclip:p=30,warmup=3,window=10",
@@ -290,19 +319,40 @@ GLOBAL_SPECS = [
 ]
 
 
-@pytest.mark.parametrize("spec", GLOBAL_SPECS)
-def test_replay_equals_live_torch(spec):
+def live_torch(spec, sequence):
+    """Per step: norm, threshold, scale, post-norm, clipped, skipped, skip threshold."""
     policy = parse_spec(spec)
     state = init_state(policy, "cpu")
     rows = []
+    for grads in sequence:
+        r, state = apply_torch(policy, state, [torch.from_numpy(g.copy()) for g in grads])
+        rows.append([v.item() for v in (r.norm, r.threshold, r.scale, r.post_norm, r.clipped, r.skipped,
+                                        r.skip_threshold)])
+    return rows
+
+
+def live_tensorflow(spec, sequence):
+    tf = pytest.importorskip("tensorflow")
+    from gradprobe.policies.tf_apply import TFClipper
+
+    clipper = TFClipper(spec)
+    step = tf.function(lambda grads: clipper.clip(grads)[1])
+    rows = []
+    for grads in sequence:
+        r = step([tf.constant(g) for g in grads])
+        rows.append([float(v) for v in (r.norm, r.threshold, r.scale, r.post_norm, r.clipped, r.skipped,
+                                        r.skip_threshold)])
+    return rows
+
+
+@pytest.mark.parametrize("live_run", [live_torch, pytest.param(live_tensorflow, marks=pytest.mark.tensorflow)],
+                         ids=["torch", "tensorflow"])
+@pytest.mark.parametrize("spec", GLOBAL_SPECS)
+def test_replay_equals_live(spec, live_run):
+    policy = parse_spec(spec)
     sequence = gradient_sequence()
     sequence[20] = [np.full_like(g, np.inf) for g in sequence[20]]  # a non-finite step
-    for grads in sequence:
-        tensors = [torch.from_numpy(g.copy()) for g in grads]
-        r, state = apply_torch(policy, state, tensors)
-        rows.append([r.norm.item(), r.threshold.item(), r.scale.item(), r.post_norm.item(), r.clipped.item(),
-                     r.skipped.item(), r.skip_threshold.item()])
-    live = np.asarray(rows, dtype=np.float64)
+    live = np.asarray(live_run(spec, sequence), dtype=np.float64)
     replay = policy.replay(live[:, 0])
     assert np.array_equal(replay.clipped, live[:, 4] > 0)
     assert np.array_equal(replay.skipped, live[:, 5] > 0)

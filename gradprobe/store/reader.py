@@ -7,7 +7,7 @@ import os
 import sys
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import pandas as pd
 import pyarrow as pa
@@ -16,6 +16,9 @@ import pyarrow.parquet as pq
 from gradprobe.errors import RunFormatError
 from gradprobe.store.schema import FORMAT_VERSION, STATUSES, TABLES
 from gradprobe.store.writer import DEFAULT_ROOT, META_FILE, PARTS_DIR
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 LAYER_FIELDS = ("id", "name", "shape", "numel", "dtype", "group")
 
@@ -116,6 +119,20 @@ class Run:
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r}, status={self.meta.get('status')!r})"
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view of the run: status, norms with a sparkline, loss, clipping and top findings."""
+        from gradprobe.reports.notebook import summary_html
+
+        return summary_html(self)
+
+    def plot(self, groups: Sequence[str] = ()) -> list["Figure"]:
+        """The report's matplotlib figures: global norm and loss over time (findings marked), and with
+        per-layer statistics the layer heatmap, norm distributions and gradient flow, per optimizer.
+        ``groups``: ``NAME=GLOB`` layer groups for the imbalance check."""
+        from gradprobe.reports.notebook import run_figures
+
+        return run_figures(self, groups)
 
 
 def load_run(path: str | os.PathLike) -> Run:

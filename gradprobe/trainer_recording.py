@@ -1,0 +1,95 @@
+"""Recording driven by a trainer's callbacks (Lightning, Hugging Face), with no global hooks.
+
+Trainers call back right before each optimizer step, once the gradients are
+final (accumulated over micro-batches, unscaled from AMP). A callback hands
+that optimizer to :meth:`TrainerRecording.before_step`, and gradprobe records,
+and with a clip policy clips, exactly the gradients the step is about to use,
+through the same streams, layer names and clip appliers as
+:func:`gradprobe.watch`. Nothing is patched in torch: only the trainer's model
+is recorded, and only while its trainer runs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Mapping
+
+import torch
+
+from gradprobe.policies import Policy
+from gradprobe.pytorch.naming import ParamNamer
+from gradprobe.pytorch.recorder import TorchRecorder
+from gradprobe.session import Sampling, Session, describe_exception
+
+
+def outcome(exc: BaseException | None) -> tuple[str, str | None]:
+    """The run status and error message for training that ended with ``exc`` (``None``: finished)."""
+    if exc is None:
+        return "finished", None
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted", "KeyboardInterrupt"
+    return "crashed", describe_exception(exc)
+
+
+class TrainerRecording:
+    """One run recorded from a trainer's callbacks.
+
+    ``models``: ``{label: module}`` whose parameters are recorded (one entry:
+    layer names are the module's own parameter names). ``clip``: a clip spec
+    or policy applied in :meth:`before_step`.
+    """
+
+    def __init__(self, models: Mapping[str, torch.nn.Module], out: str | os.PathLike, name: str | None,
+                 sampling: Sampling, clip: "str | Policy | None" = None):
+        self.session = Session(out=out, name=name, sampling=sampling, clip=clip)
+        self.session.set_framework("torch", torch.__version__)
+        self.recorder = TorchRecorder(self.session, ParamNamer(models))  # fed by callbacks: never installed
+        self._post_hooks: dict[int, object] = {}
+
+    @property
+    def path(self) -> Path:
+        """The run directory."""
+        return self.session.path
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has run."""
+        return self.session.closed
+
+    @property
+    def stopped(self) -> bool:
+        """Whether an internal error stopped the recording (and its clipping) while training went on."""
+        return self.recorder.disabled
+
+    def guard(self, fn: Callable) -> Callable:
+        """``fn`` wrapped so that its failures stop the recording (with a warning on stderr) and never
+        reach the training loop; once recording stopped, the wrapper does nothing."""
+        return self.recorder._guard(fn)
+
+    def add_loss(self, loss: torch.Tensor) -> None:
+        """Count a loss the trainer back-propagates (summed until the next step, as watch() does)."""
+        self.guard(self.recorder._before_backward)(loss)
+
+    def before_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Record (and clip, with a policy) the gradients ``optimizer`` is about to step with;
+        call it once the gradients are final."""
+        self.guard(self._before_step)(optimizer)
+
+    def _before_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if id(optimizer) not in self._post_hooks:  # undoes what clipping set for the step (fused skip flag)
+            self._post_hooks[id(optimizer)] = optimizer.register_step_post_hook(
+                lambda opt, args, kwargs: self.guard(self.recorder._post_step)(opt, args, kwargs)
+            )
+        self.recorder._record(optimizer)
+
+    def close(self, exc: BaseException | None = None) -> None:
+        """Flush, drop the optimizer hooks and mark the run finished (or crashed with ``exc``)."""
+        if self.session.closed:
+            return
+        for handle in self._post_hooks.values():
+            handle.remove()
+        self._post_hooks.clear()
+        self.recorder.remove()
+        status, error = outcome(exc)
+        self.session.close(status, error=error)
