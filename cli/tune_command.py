@@ -42,11 +42,8 @@ def tune(
     policy within run-to-run noise of the best. Writes tune.json and, when a
     clip policy wins, recommendation.json for run --clip-from / apply --from.
     """
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from gradprobe.launcher import check_script
-    from gradprobe.reports.terminal import fmt
+    from gradprobe.reports.tune_progress import TuneProgress
     from gradprobe.reports.tune_table import render_tune
     from gradprobe.store import resolve_run
     from gradprobe.tuning import TuneConfig
@@ -58,17 +55,6 @@ def tune(
     config = TuneConfig(script, script_args(args), steps or (None if source else 200), source,
                         parse_candidates(candidates) if candidates else None, seed, repeats, jobs, every, out, name,
                         timeout)
-    console = Console(stderr=True)
-    columns = (TextColumn("tuning"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task("trials", total=None)
-
-        def finished(trial) -> None:
-            progress.advance(task)
-            score = trial.score
-            progress.console.print(f"gradprobe: {trial.name} {trial.candidate.label} (seed {trial.seed}): "
-                                   f"{score.status}, score {fmt(score.score)}"
-                                   + (f" ({score.error})" if score.error else ""), highlight=False)
-
-        result = run_tune(config, lambda total: progress.update(task, total=total), finished)
+    with TuneProgress() as progress:
+        result = run_tune(config, progress)
     render_tune(result)

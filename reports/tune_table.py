@@ -21,8 +21,9 @@ def render_tune(result: TuneResult, console: Console | None = None) -> None:
                             ("± std", "right"), ("trials", "right"), ("clipped", "right"), ("status", "left")):
         table.add_column(column, justify=justify)
     repeats = max((len(s.scores) for s in result.ranking), default=1)
+    once = [s for s in result.ranking if len(s.scores) < repeats]
     for rank, summary in enumerate(result.ranking, 1):
-        if rank > 1 and len(summary.scores) < repeats == len(result.ranking[rank - 2].scores):
+        if once and summary is once[0]:
             table.add_section()  # below: candidates tried with the first seed only
         chosen = summary is result.chosen
         style = STATUS_STYLES.get(summary.status, "")
@@ -34,8 +35,9 @@ def render_tune(result: TuneResult, console: Console | None = None) -> None:
         )
     console.print(table)
     console.print("score: median recorded loss over the last 10% of steps (lower is better), averaged over the "
-                  "seeds; the best candidates are repeated with more seeds, the rest (below the line) ran once")
-    console.print(f"verdict: {result.verdict}")
+                  "seeds" + ("; candidates below the line ran with the first seed only" if once else ""),
+                  highlight=False)
+    console.print(f"verdict: {result.verdict}", highlight=False)
     if result.chosen is None:
         return
     if result.chosen.spec is None:

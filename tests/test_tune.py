@@ -166,3 +166,27 @@ def test_a_crashing_trial_is_marked_failed_and_tuning_goes_on(tmp_path, write_sc
         assert by_seed[(spec, 1)]["status"] == "failed"
         assert "this seed crashes" in by_seed[(spec, 1)]["error"]
     assert "every candidate diverged or failed" in document["verdict"]
+
+
+def test_tune_progress_follows_each_running_trial_from_its_run_json(tmp_path):
+    import time
+
+    from rich.console import Console
+
+    from gradprobe.reports.tune_progress import POLL_SECONDS, TuneProgress
+    from gradprobe.tuning import Candidate, Trial
+
+    run_path = tmp_path / "trial-00-s0"
+    run_path.mkdir()
+    with TuneProgress(Console(file=open(tmp_path / "progress.txt", "w"), force_terminal=True)) as progress:
+        progress.planned(3)
+        progress.started("trial-00-s0", Candidate("no clipping", None), 0, run_path, 120)
+        (run_path / "run.json").write_text(json.dumps({"progress": {"steps": 40, "flushes": 2}}))
+        time.sleep(4 * POLL_SECONDS)
+        running = [t for t in progress.progress.tasks if t.description.strip().startswith("trial-00-s0")]
+        assert len(running) == 1 and running[0].completed == 40 and running[0].total == 120
+        progress.finished(Trial(Candidate("no clipping", None), 0, "trial-00-s0", run_path, run_path / "log", 0,
+                                TrialScore("ok", 0.5, 120)))
+        assert [t.description for t in progress.progress.tasks] == ["trials"]
+        assert progress.progress.tasks[0].completed == 1 and progress.progress.tasks[0].total == 3
+    assert "trial-00-s0 no clipping (seed 0): ok, score 0.5" in (tmp_path / "progress.txt").read_text()

@@ -11,7 +11,7 @@ loss and repeats the best ones to estimate run-to-run noise
 from gradprobe.tuning.candidates import Candidate, derive_candidates
 from gradprobe.tuning.scoring import Summary, TrialScore, score_run
 from gradprobe.tuning.trials import Trial, TrialPlan
-from gradprobe.tuning.tune import TuneConfig, TuneResult, tune
+from gradprobe.tuning.tune import TuneConfig, TuneObserver, TuneResult, tune
 
-__all__ = ["Candidate", "Summary", "Trial", "TrialPlan", "TrialScore", "TuneConfig", "TuneResult",
+__all__ = ["Candidate", "Summary", "Trial", "TrialPlan", "TrialScore", "TuneConfig", "TuneObserver", "TuneResult",
            "derive_candidates", "score_run", "tune"]

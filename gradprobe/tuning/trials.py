@@ -16,6 +16,9 @@ from gradprobe.store.writer import META_FILE
 from gradprobe.tuning.candidates import Candidate
 from gradprobe.tuning.scoring import TrialScore, score_run
 
+# Trials flush this often, so that progress read from their run directories advances smoothly.
+TRIAL_FLUSH_EVERY = 20
+
 # Thread-count variables of the numeric libraries, capped when trials run in parallel.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS")
 
@@ -37,6 +40,7 @@ class TrialPlan:
         mode = ["profile"] if candidate.spec is None else ["run", "--clip", candidate.spec]
         return [sys.executable, "-m", "gradprobe", *mode, "--out", str(self.directory), "--name", name,
                 "--max-steps", str(self.steps), "--every", str(self.every), "--seed", str(seed),
+                "--flush-every", str(TRIAL_FLUSH_EVERY),
                 self.script, "--", *self.args]
 
     def environment(self, seed: int) -> dict[str, str]:

@@ -14,7 +14,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 from gradprobe.errors import GradprobeError
 from gradprobe.recommendation_file import RECOMMENDATION_FILE
@@ -58,13 +58,22 @@ class TuneResult:
     p_values: dict[str, float] = field(default_factory=dict)
 
 
-# Callbacks: the number of trials planned so far, and each trial as it finishes.
-Planned = Callable[[int], None]
-Finished = Callable[[Trial], None]
+class TuneObserver:
+    """What a tune reports as it goes (to draw progress); every method does nothing here."""
+
+    def planned(self, total: int) -> None:
+        """``total`` trials are planned so far."""
+
+    def started(self, name: str, candidate: Candidate, seed: int, run_path: Path, steps: int) -> None:
+        """A trial of ``steps`` optimizer steps starts; its run will be written to ``run_path``."""
+
+    def finished(self, trial: Trial) -> None:
+        """A trial ended (successfully or not)."""
 
 
-def tune(config: TuneConfig, planned: Planned = lambda n: None, finished: Finished = lambda t: None) -> TuneResult:
+def tune(config: TuneConfig, observer: TuneObserver | None = None) -> TuneResult:
     """Run the whole tune described by ``config`` (see the module docstring)."""
+    observer = observer or TuneObserver()
     if config.repeats < 1 or config.jobs < 1:
         raise GradprobeError("--repeats and --jobs must be positive integers")
     steps = config.steps or (_recorded_steps(config.source) if config.source else None)
@@ -74,13 +83,13 @@ def tune(config: TuneConfig, planned: Planned = lambda n: None, finished: Finish
     result = TuneResult(create_run_dir(config.out, f"tune-{stem}", config.name))
     threads = max(1, (os.cpu_count() or 1) // config.jobs) if config.jobs > 1 else None
     plan = TrialPlan(config.script, tuple(config.args), steps, config.every, result.path, config.timeout, threads)
-    runner = _Runner(plan, result, config, finished)
+    runner = _Runner(plan, result, config, observer)
 
     candidates = list(config.candidates or [])
     if not candidates:
         source = config.source
         if source is None:
-            planned(1)
+            observer.planned(1)
             profile = runner.run([(Candidate(NO_CLIPPING, None), config.seed)])[0]
             if profile.score.steps == 0:
                 raise GradprobeError(f"profiling {config.script} recorded no steps "
@@ -88,14 +97,14 @@ def tune(config: TuneConfig, planned: Planned = lambda n: None, finished: Finish
             source = load_run(profile.run_path)
         candidates = derive_candidates(source)
     first_round = [(c, config.seed) for c in candidates if not runner.tried(c, config.seed)]
-    planned(len(first_round) + len(runner.trials))
+    observer.planned(len(first_round) + len(runner.trials))
     runner.run(first_round)
 
     summaries = _summaries(candidates, result.trials)
     repeated = sorted(summaries, key=Summary.rank_key)[:REPEATED_BEST]
     repeated += [s for s in summaries if s.spec is None and s not in repeated]
     repeats = [(Candidate(s.label, s.spec), config.seed + k) for k in range(1, config.repeats) for s in repeated]
-    planned(len(repeats) + len(result.trials))
+    observer.planned(len(repeats) + len(result.trials))
     runner.run(repeats)
 
     summaries = _summaries(candidates, result.trials)
@@ -109,9 +118,9 @@ def tune(config: TuneConfig, planned: Planned = lambda n: None, finished: Finish
 class _Runner:
     """Runs batches of trials (``jobs`` at a time) and keeps ``tune.json`` current after each."""
 
-    def __init__(self, plan: TrialPlan, result: TuneResult, config: TuneConfig, finished: Finished):
+    def __init__(self, plan: TrialPlan, result: TuneResult, config: TuneConfig, observer: TuneObserver):
         self.plan, self.result, self.config = plan, result, config
-        self.finished = finished
+        self.observer = observer
         self.trials = result.trials
 
     def tried(self, candidate: Candidate, seed: int) -> bool:
@@ -121,15 +130,19 @@ class _Runner:
         names = [f"trial-{len(self.trials) + i:02d}-s{seed}" for i, (_, seed) in enumerate(batch)]
         done: list[Trial] = []
         with ThreadPoolExecutor(max_workers=self.config.jobs) as pool:
-            futures = [pool.submit(run_trial, self.plan, c, seed, name) for (c, seed), name in zip(batch, names)]
+            futures = [pool.submit(self._run_one, c, seed, name) for (c, seed), name in zip(batch, names)]
             for future in as_completed(futures):
                 trial = future.result()
                 done.append(trial)
                 self.trials.append(trial)
                 self.save()
-                self.finished(trial)
+                self.observer.finished(trial)
         self.trials.sort(key=lambda t: t.name)
         return sorted(done, key=lambda t: t.name)
+
+    def _run_one(self, candidate: Candidate, seed: int, name: str) -> Trial:
+        self.observer.started(name, candidate, seed, self.plan.directory / name, self.plan.steps)
+        return run_trial(self.plan, candidate, seed, name)
 
     def save(self) -> None:
         result, config = self.result, self.config
