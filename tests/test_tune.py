@@ -190,3 +190,45 @@ def test_tune_progress_follows_each_running_trial_from_its_run_json(tmp_path):
         assert [t.description for t in progress.progress.tasks] == ["trials"]
         assert progress.progress.tasks[0].completed == 1 and progress.progress.tasks[0].total == 3
     assert "trial-00-s0 no clipping (seed 0): ok, score 0.5" in (tmp_path / "progress.txt").read_text()
+
+
+TF_SCRIPT = """
+import numpy as np
+import tensorflow as tf
+import keras
+
+x = np.random.normal(size=(256, 8)).astype("float32")
+y = (x @ np.random.normal(size=(8, 1))).astype("float32")
+model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16), keras.layers.Dense(1)])
+opt = keras.optimizers.SGD(0.05)
+
+@tf.function
+def step(xb, yb):
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(tf.square(model(xb) - yb))
+    grads = tape.gradient(loss, model.trainable_variables)
+    opt.apply_gradients(zip(grads, model.trainable_variables))
+    return loss
+
+for i in range(60):
+    idx = np.random.randint(0, 256, 32)
+    step(x[idx], y[idx])
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.tensorflow
+def test_tune_runs_tensorflow_trials_seeded_and_clipped(tmp_path, write_script):
+    script = write_script(TF_SCRIPT)
+    result = run_cli("tune", "--steps", "30", "--repeats", "1", "--candidates", "none,global-norm:max=0.5",
+                     "--out", "tunes", "--name", "tf", str(script), cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr
+    document = json.loads((tmp_path / "tunes" / "tf" / "tune.json").read_text())
+    runs = {t["spec"]: gradprobe.load_run(tmp_path / "tunes" / "tf" / t["run"]) for t in document["trials"]}
+    assert all(run.meta["framework"]["name"] == "tensorflow" and len(run.steps) == 30 for run in runs.values())
+    clipped = runs[str(gradprobe.parse_spec("global-norm:max=0.5"))].steps
+    expected = np.minimum(clipped["global_norm"], 0.5)
+    np.testing.assert_allclose(clipped["global_norm_post"], expected, rtol=1e-4)
+    # Both trials ran with seed 0: the same data and initial weights, so the same first gradient.
+    first = [run.steps["global_norm"].iloc[0] for run in runs.values()]
+    assert first[0] == pytest.approx(first[1], rel=1e-6)

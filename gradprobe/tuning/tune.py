@@ -209,4 +209,6 @@ def _decide(result: TuneResult, contenders: list[Summary]) -> None:
     else:
         reasons = [f"{s.label}: {s.status}" if s.penalty != best.penalty else f"{s.label}: p = "
                    f"{result.p_values[s.label]:.2g}" for s in worse]
-        result.verdict = f"{name} trains best" + (f", significantly ({'; '.join(reasons)})" if reasons else "")
+        close = [s.label for s in equivalent if s is not chosen]
+        result.verdict = (f"{name} trains best" + (f", significantly ({'; '.join(reasons)})" if reasons else "")
+                          + (f"; within run-to-run noise of it: {', '.join(close)}" if close else ""))
