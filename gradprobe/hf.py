@@ -40,7 +40,8 @@ import torch
 
 from gradprobe.errors import GradprobeError
 from gradprobe.policies import Policy, parse_spec
-from gradprobe.session import DEFAULT_EVERY, DEFAULT_FLUSH_EVERY, DEFAULT_FLUSH_SECONDS, Sampling
+from gradprobe.run_options import RunOptions
+from gradprobe.session import DEFAULT_EVERY, DEFAULT_FLUSH_EVERY, DEFAULT_FLUSH_SECONDS
 from gradprobe.store import DEFAULT_ROOT
 from gradprobe.trainer_recording import TrainerRecording
 
@@ -112,10 +113,7 @@ class GradProbeCallback(TrainerCallback):
         flush_every: int = DEFAULT_FLUSH_EVERY,
         flush_seconds: float = DEFAULT_FLUSH_SECONDS,
     ):
-        self.out = out
-        self.name = name
-        self.sampling = Sampling(every, flush_every, flush_seconds)
-        self.policy = parse_spec(clip) if isinstance(clip, str) else clip
+        self.options = RunOptions.parse(out, name, every, flush_every, flush_seconds, clip)
         self.recording: TrainerRecording | None = None
         self.path: Path | None = None
         self._loss = _StepLoss()
@@ -126,7 +124,7 @@ class GradProbeCallback(TrainerCallback):
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                        model: torch.nn.Module | None = None, **kwargs: Any) -> None:
         self._finish(RuntimeError("train() ended without on_train_end"))
-        policy = self.policy
+        policy = self.options.policy
         if args.max_grad_norm and args.max_grad_norm > 0:
             if policy is None:
                 policy = parse_spec(f"global-norm:max={float(args.max_grad_norm)!r}")
@@ -135,7 +133,7 @@ class GradProbeCallback(TrainerCallback):
                       file=sys.stderr)
             self._trainer_clip = (args, args.max_grad_norm)
             args.max_grad_norm = 0.0
-        self.recording = TrainerRecording({type(model).__name__: model}, self.out, self.name, self.sampling, policy)
+        self.recording = TrainerRecording({type(model).__name__: model}, self.options.session(policy))
         self.path = self.recording.path
         self._loss = _StepLoss()
         self._loss_hook = model.register_forward_hook(self.recording.guard(self._loss.forward_hook),

@@ -22,8 +22,9 @@ import atexit
 import os
 from pathlib import Path
 
-from gradprobe.policies import Policy, parse_spec
-from gradprobe.session import DEFAULT_EVERY, DEFAULT_FLUSH_EVERY, DEFAULT_FLUSH_SECONDS, Sampling, Session
+from gradprobe.policies import Policy
+from gradprobe.run_options import RunOptions
+from gradprobe.session import DEFAULT_EVERY, DEFAULT_FLUSH_EVERY, DEFAULT_FLUSH_SECONDS
 from gradprobe.store import DEFAULT_ROOT
 from gradprobe.tensorflow.fit import FitHooks
 from gradprobe.tensorflow.naming import VariableNamer
@@ -44,10 +45,7 @@ class GradProbe(FitHooks):
                  every: int = DEFAULT_EVERY, flush_every: int = DEFAULT_FLUSH_EVERY,
                  flush_seconds: float = DEFAULT_FLUSH_SECONDS, clip: "str | Policy | None" = None):
         super().__init__()
-        self.out = out
-        self.name = name
-        self.sampling = Sampling(every, flush_every, flush_seconds)
-        self.policy = parse_spec(clip) if isinstance(clip, str) else clip
+        self.options = RunOptions.parse(out, name, every, flush_every, flush_seconds, clip)
         self.path: Path | None = None
         self._lent_to: TFRecorder | None = None
 
@@ -55,12 +53,12 @@ class GradProbe(FitHooks):
         self.recorder = None
         active = active_recorder()
         if active is not None:
-            if self.policy is not None and active.policy is None:
-                active.lend_policy(self.policy)
+            if self.options.policy is not None and active.policy is None:
+                active.lend_policy(self.options.policy)
                 self._lent_to = active
                 self._retrace()
             return
-        session = Session(out=self.out, name=self.name, sampling=self.sampling, clip=self.policy)
+        session = self.options.session(self.options.policy)
         self.path = session.path
         self.recorder = TFRecorder(session, VariableNamer({self.model.name: self.model}), patch_fit=False)
         self.recorder.host_flushing += 1

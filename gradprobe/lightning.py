@@ -33,7 +33,8 @@ import torch
 
 from gradprobe.errors import GradprobeError
 from gradprobe.policies import Policy, parse_spec
-from gradprobe.session import DEFAULT_EVERY, DEFAULT_FLUSH_EVERY, DEFAULT_FLUSH_SECONDS, Sampling
+from gradprobe.run_options import RunOptions
+from gradprobe.session import DEFAULT_EVERY, DEFAULT_FLUSH_EVERY, DEFAULT_FLUSH_SECONDS
 from gradprobe.store import DEFAULT_ROOT
 from gradprobe.trainer_recording import TrainerRecording
 
@@ -87,16 +88,13 @@ class GradProbe(pl.Callback):
         flush_every: int = DEFAULT_FLUSH_EVERY,
         flush_seconds: float = DEFAULT_FLUSH_SECONDS,
     ):
-        self.out = out
-        self.name = name
-        self.sampling = Sampling(every, flush_every, flush_seconds)
-        self.policy = parse_spec(clip) if isinstance(clip, str) else clip
+        self.options = RunOptions.parse(out, name, every, flush_every, flush_seconds, clip)
         self.recording: TrainerRecording | None = None
         self.path: Path | None = None
         self._lightning_clip: Any = None
 
     def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        policy = self.policy
+        policy = self.options.policy
         lightning_spec = _lightning_clip_spec(trainer)
         if lightning_spec is not None and self._module_clips(pl_module):
             print(f"gradprobe: {type(pl_module).__name__}.configure_gradient_clipping clips after gradprobe reads "
@@ -109,8 +107,8 @@ class GradProbe(pl.Callback):
                       file=sys.stderr)
             self._lightning_clip = trainer.gradient_clip_val
             trainer.gradient_clip_val = None
-        self.recording = TrainerRecording({type(pl_module).__name__: pl_module}, self.out, self.name,
-                                          self.sampling, policy)
+        self.recording = TrainerRecording({type(pl_module).__name__: pl_module},
+                                          self.options.session(policy))
         self.path = self.recording.path
 
     def on_before_backward(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule",

@@ -11,16 +11,14 @@ is recorded, and only while its trainer runs.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Callable, Mapping
 
 import torch
 
-from gradprobe.policies import Policy
 from gradprobe.pytorch.naming import ParamNamer
 from gradprobe.pytorch.recorder import TorchRecorder
-from gradprobe.session import Sampling, Session, describe_exception
+from gradprobe.session import Session, describe_exception
 
 
 def outcome(exc: BaseException | None) -> tuple[str, str | None]:
@@ -36,13 +34,12 @@ class TrainerRecording:
     """One run recorded from a trainer's callbacks.
 
     ``models``: ``{label: module}`` whose parameters are recorded (one entry:
-    layer names are the module's own parameter names). ``clip``: a clip spec
-    or policy applied in :meth:`before_step`.
+    layer names are the module's own parameter names) into ``session``, whose
+    clip policy is applied in :meth:`before_step`.
     """
 
-    def __init__(self, models: Mapping[str, torch.nn.Module], out: str | os.PathLike, name: str | None,
-                 sampling: Sampling, clip: "str | Policy | None" = None):
-        self.session = Session(out=out, name=name, sampling=sampling, clip=clip)
+    def __init__(self, models: Mapping[str, torch.nn.Module], session: Session):
+        self.session = session
         self.session.set_framework("torch", torch.__version__)
         self.recorder = TorchRecorder(self.session, ParamNamer(models))  # fed by callbacks: never installed
         self._post_hooks: dict[int, object] = {}
