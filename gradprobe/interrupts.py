@@ -12,6 +12,7 @@ sees its ``KeyboardInterrupt`` where it would have.
 from __future__ import annotations
 
 import signal
+import threading
 from types import FrameType
 from typing import Callable
 
@@ -19,16 +20,24 @@ Handler = Callable[[int, FrameType | None], object]
 
 
 class _CriticalSection:
-    """Re-entrant section during which signal handlers installed by :func:`deferring` wait."""
+    """Re-entrant section during which signal handlers installed by :func:`deferring` wait.
+
+    Python runs signal handlers in the main thread only, so only the main
+    thread's sections count; in other threads (a framework's callback thread)
+    the section does nothing.
+    """
 
     def __init__(self) -> None:
         self.depth = 0
         self.pending: list[tuple[Handler, int, FrameType | None]] = []
 
     def __enter__(self) -> None:
-        self.depth += 1
+        if threading.current_thread() is threading.main_thread():
+            self.depth += 1
 
     def __exit__(self, *exc_info: object) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
         self.depth -= 1
         if self.depth == 0 and self.pending:
             handler, signum, frame = self.pending.pop(0)

@@ -47,3 +47,26 @@ def test_signal_inside_nested_critical_sections_waits_for_the_outermost(usr1_han
     assert finished == ["inner", "outer"]
     assert usr1_handler == [signal.SIGUSR1]
     assert interrupts.critical.depth == 0 and not interrupts.critical.pending
+
+
+def test_a_critical_section_in_another_thread_does_not_hold_the_main_threads_signals(usr1_handler):
+    import threading
+
+    entered, release = threading.Event(), threading.Event()
+
+    def worker():
+        with interrupts.critical:
+            entered.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    entered.wait(10)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _deliver(signal.SIGUSR1)
+        assert usr1_handler == [signal.SIGUSR1]
+    finally:
+        release.set()
+        thread.join()
+    assert interrupts.critical.depth == 0

@@ -29,6 +29,7 @@ import tensorflow as tf
 from tensorflow.python.ops.resource_variable_ops import ResourceVariable
 
 from gradprobe.buffers import LAYER_STATS, STEP_COLUMNS, layers_columns, steps_columns
+from gradprobe.interrupts import critical
 from gradprobe.session import Session
 from gradprobe.tensorflow.naming import LayerName, variable_device
 from gradprobe.tensorflow.norms import dense_values, max_abs, nonfinite_counts, sum_squares
@@ -218,7 +219,7 @@ class TFStream:
 
     def _flush_arrays(self, count, rows, times, stats, nonfinite, present, limit: bool) -> np.int64:
         count = int(count)
-        with self._lock:
+        with self._lock, critical:
             self._write(count, rows, times, stats, nonfinite, present)
         if limit and self.session.count_step(count):
             self.on_limit()
@@ -226,7 +227,7 @@ class TFStream:
 
     def flush(self) -> None:
         """Copy buffered steps to the host and append them to the run."""
-        with self._lock:
+        with self._lock, critical:
             self._write(int(self.count.numpy()), self.rows.numpy(), self.times.numpy(), self.stats.numpy(),
                         self.nonfinite.numpy(), self.present.numpy())
             self.last_flush.assign(time.time())
