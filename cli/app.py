@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import traceback
 from enum import Enum
 from pathlib import Path
 from typing import List, Optional
@@ -32,12 +33,19 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+_debug = False
+
+
 @app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                  help="Print the version and exit."),
+    debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error instead of "
+                               "one line."),
 ) -> None:
     """Gradient diagnostics and clipping for PyTorch and TensorFlow/Keras training."""
+    global _debug
+    _debug = debug
 
 
 app.command(context_settings=SCRIPT_CONTEXT)(profile)
@@ -87,8 +95,9 @@ def report(
     [bold]gradprobe report RUN --format json[/bold] (findings and recommendations for machines)
 
     Findings: explosion, vanishing, spike, nonfinite, dead_layer,
-    clip_saturation, imbalance, each with a severity (info, warning,
-    critical), the layers and steps concerned, the numbers and advice.
+    clip_saturation, imbalance, task_conflict, task_imbalance,
+    rank_divergence, each with a severity (info, warning, critical), the
+    layers and steps concerned, the numbers and advice.
     """
     from gradprobe.reports.progress import stages
     from gradprobe.reports.render import render_terminal_text, render_text
@@ -109,6 +118,8 @@ def report(
         return
     if fmt == ReportFormat.html and output is None:
         output = target.path / "report.html"
+        if output.is_symlink():  # a run directory from elsewhere must not redirect the write
+            raise GradprobeError(f"{output} is a symbolic link; choose where to write with -o FILE")
     _deliver(text, output)
 
 
@@ -224,9 +235,21 @@ def list_command(
 
 
 def main() -> None:
-    """Console entry point: user errors become one line on stderr and exit status 2."""
+    """Console entry point: user errors become one line on stderr and exit status 2, unexpected
+    ones a one-line internal error and exit status 1; ``--debug`` adds the traceback."""
     try:
         app(prog_name="gradprobe")
     except GradprobeError as exc:
+        _show_traceback()
         print(f"gradprobe: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except Exception as exc:
+        _show_traceback()
+        hint = "" if _debug else " (run `gradprobe --debug ...` for the traceback)"
+        print(f"gradprobe: internal error: {type(exc).__name__}: {exc}{hint}", file=sys.stderr)
+        sys.exit(1)
+
+
+def _show_traceback() -> None:
+    if _debug:
+        traceback.print_exc(file=sys.stderr)

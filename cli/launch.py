@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -27,6 +30,10 @@ QUIET = typer.Option(False, "--quiet", "-q", help="No live view on stderr (it is
                      "terminal).")
 FLUSH_EVERY = typer.Option(DEFAULT_FLUSH_EVERY, "--flush-every", min=1,
                            help="Copy device buffers to disk every N steps.")
+NPROC = typer.Option(None, "--nproc-per-node", min=1, help="Start N processes with torch's launcher (torchrun), "
+                     "each running SCRIPT under gradprobe; the run directory is shared.")
+ALL_RANKS = typer.Option(False, "--all-ranks", help="In a distributed run, record every rank (default: rank 0 "
+                         "only), so that ranks whose gradients disagree are reported.")
 
 
 def script_args(args: Optional[List[str]]) -> list[str]:
@@ -35,36 +42,67 @@ def script_args(args: Optional[List[str]]) -> list[str]:
     return args[1:] if args[:1] == ["--"] else args
 
 
+def launch_ranks(nproc: int, script: str, args: list[str], options: list[str]) -> int:
+    """Run ``torch.distributed.run`` with ``nproc`` local processes, each under ``gradprobe`` with
+    ``options``; return its exit code."""
+    if "WORLD_SIZE" in os.environ:
+        raise GradprobeError("--nproc-per-node: this process is already one rank of a distributed launch")
+    if importlib.util.find_spec("torch") is None:
+        raise GradprobeError("--nproc-per-node needs PyTorch (it starts torch.distributed.run)")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "gradprobe", *options, script, "--", *args]
+    process = subprocess.Popen(command)
+    while True:
+        try:
+            return process.wait()
+        except KeyboardInterrupt:  # the terminal interrupted torchrun too: let it stop its ranks
+            continue
+
+
 def launch(script: str, args: Optional[List[str]], out: Path, name: Optional[str], every: int,
            max_steps: Optional[int], flush_every: int, seed: Optional[int], clip: Optional[str] = None,
-           quiet: bool = False) -> None:
-    """Check everything, run the script under a session, and exit as the script did."""
+           quiet: bool = False, nproc: Optional[int] = None, all_ranks: bool = False) -> None:
+    """Check everything, run the script under a session (or under N ranks), and exit as the script did."""
     from gradprobe.launcher import check_script, reraise_signal, run_script
     from gradprobe.reports.live import live_view
     from gradprobe.session import Sampling, Session
 
     check_script(script)
     args_list = script_args(args)
+    if nproc is not None:
+        options = ["profile" if clip is None else "run", "--out", str(out), "--every", str(every),
+                   "--flush-every", str(flush_every)]
+        for flag, value in (("--name", name), ("--max-steps", max_steps), ("--seed", seed), ("--clip", clip)):
+            if value is not None:
+                options += [flag, str(value)]
+        options += ["--quiet"] * quiet + ["--all-ranks"] * all_ranks
+        raise typer.Exit(launch_ranks(nproc, script, args_list, options))
     session = Session(out=out, name=name, script=script, argv=[script, *args_list], max_steps=max_steps,
-                      sampling=Sampling(every=every, flush_every=flush_every), clip=clip, seed=seed)
-    with live_view(session, quiet):
+                      sampling=Sampling(every=every, flush_every=flush_every), clip=clip, seed=seed,
+                      all_ranks=all_ranks)
+    with live_view(session, quiet or not session.recording):
         outcome = run_script(session, script, args_list, seed)
-    print(f"gradprobe: run {outcome.status} -> {session.path}", file=sys.stderr)
+    if session.path is not None:
+        print(f"gradprobe: run {outcome.status} -> {session.path}", file=sys.stderr)
     reraise_signal(outcome)
     raise typer.Exit(outcome.exit_code)
 
 
 def profile(script: str = SCRIPT, args: Optional[List[str]] = ARGS, out: Path = OUT, name: Optional[str] = NAME,
             every: int = EVERY, max_steps: Optional[int] = MAX_STEPS, flush_every: int = FLUSH_EVERY,
-            seed: Optional[int] = SEED, quiet: bool = QUIET) -> None:
+            seed: Optional[int] = SEED, quiet: bool = QUIET, nproc_per_node: Optional[int] = NPROC,
+            all_ranks: bool = ALL_RANKS) -> None:
     """Run SCRIPT unmodified and record its gradients into a run directory.
 
     [bold]gradprobe profile train.py -- --epochs 1[/bold]
+    [bold]gradprobe profile --nproc-per-node 2 train_ddp.py[/bold] (or [bold]torchrun --nproc-per-node 2 -m
+    gradprobe profile train_ddp.py[/bold])
 
     The script keeps its argv, working directory, sys.path, stdout and exit code;
     gradprobe prints only to stderr.
     """
-    launch(script, args, out, name, every, max_steps, flush_every, seed, quiet=quiet)
+    launch(script, args, out, name, every, max_steps, flush_every, seed, quiet=quiet, nproc=nproc_per_node,
+           all_ranks=all_ranks)
 
 
 def run(
@@ -76,6 +114,7 @@ def run(
                                              "a recommendation.json (or of a run directory holding one)."),
     out: Path = OUT, name: Optional[str] = NAME, every: int = EVERY, max_steps: Optional[int] = MAX_STEPS,
     flush_every: int = FLUSH_EVERY, seed: Optional[int] = SEED, quiet: bool = QUIET,
+    nproc_per_node: Optional[int] = NPROC, all_ranks: bool = ALL_RANKS,
 ) -> None:
     """Run SCRIPT unmodified with a clip policy applied before every optimizer step, and record it.
 
@@ -92,4 +131,5 @@ def run(
     if (clip is None) == (clip_from is None):
         raise GradprobeError("give exactly one of --clip SPEC or --clip-from FILE")
     policy = parse_spec(clip if clip is not None else load_recommended_spec(clip_from))
-    launch(script, args, out, name, every, max_steps, flush_every, seed, clip=policy, quiet=quiet)
+    launch(script, args, out, name, every, max_steps, flush_every, seed, clip=policy, quiet=quiet,
+           nproc=nproc_per_node, all_ranks=all_ranks)

@@ -5,7 +5,9 @@ The script sees what it would see without gradprobe: ``sys.argv`` is
 directory is unchanged, its stdout is untouched and its exit code becomes
 gradprobe's. Framework adapters attach when the script imports the framework.
 The run is flushed and closed however the script ends: normally,
-``sys.exit(n)``, an exception, ``--max-steps``, SIGINT or SIGTERM.
+``sys.exit(n)``, an exception, ``--max-steps``, SIGINT or SIGTERM. Only this
+process is recorded: child processes run without gradprobe
+(:mod:`gradprobe.children`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from gradprobe import interrupts
+from gradprobe.children import ChildProcesses
 from gradprobe.errors import GradprobeError
 from gradprobe.importhooks import PostImportHooks
 from gradprobe.seeding import seeded
@@ -104,6 +107,7 @@ def run_script(session: Session, script: str, args: Sequence[str], seed: int | N
     ``seed`` seeds Python, NumPy, PyTorch and TensorFlow (:mod:`gradprobe.seeding`)."""
     path = check_script(script)
     hooks = PostImportHooks(seeded(_attachments(session), seed)).install()
+    children = ChildProcesses(session).install()
     saved_argv, saved_path0 = sys.argv, sys.path[0] if sys.path else None
     sys.argv = [script, *args]
     script_dir = str(path.resolve().parent)
@@ -123,6 +127,7 @@ def run_script(session: Session, script: str, args: Sequence[str], seed: int | N
         if own_sigint:
             signal.signal(signal.SIGINT, signal.default_int_handler)
         hooks.remove()
+        children.remove()
         for recorder in session.recorders:
             recorder.remove()
         sys.argv = saved_argv

@@ -15,7 +15,8 @@ from typing import Any, Callable, Iterable
 from gradprobe._version import __version__
 from gradprobe.errors import GradprobeError
 from gradprobe.policies import Policy, parse_spec
-from gradprobe.store.writer import DEFAULT_ROOT, RunWriter, create_run_dir
+from gradprobe.distributed import SilentWriter, rank_layout, records, shared_run_dir
+from gradprobe.store.writer import DEFAULT_ROOT, RunWriter
 
 DEFAULT_EVERY = 10
 DEFAULT_FLUSH_EVERY = 100
@@ -53,15 +54,6 @@ class Sampling:
             raise GradprobeError("flush_seconds must be positive")
 
 
-def _rank_layout() -> dict[str, int]:
-    env = os.environ
-    return {
-        "rank": int(env.get("RANK", 0)),
-        "world_size": int(env.get("WORLD_SIZE", 1)),
-        "local_rank": int(env.get("LOCAL_RANK", 0)),
-    }
-
-
 class Session:
     """Everything recorded in one run: the writer, the layer and optimizer tables, step counts.
 
@@ -70,6 +62,10 @@ class Session:
     the adapters apply at every step. ``max_steps`` ends training with
     :class:`StopTraining` once any optimizer has taken that many steps.
     ``seed`` is noted in ``run.json`` when the launcher seeded the script.
+    In a distributed launch rank 0 records, or every rank with ``all_ranks``,
+    all into one run directory (see :mod:`gradprobe.distributed`); a rank
+    that does not record still clips and stops at ``max_steps``, and its
+    ``path`` is None.
     """
 
     def __init__(
@@ -82,52 +78,62 @@ class Session:
         max_steps: int | None = None,
         clip: "str | Policy | None" = None,
         seed: int | None = None,
+        all_ranks: bool = False,
     ):
         if max_steps is not None and max_steps < 1:
             raise GradprobeError("--max-steps must be a positive integer")
         self.policy = parse_spec(clip) if isinstance(clip, str) else clip
         self.sampling = sampling or Sampling()
         self.max_steps = max_steps
-        self.layout = _rank_layout()
+        self.layout = rank_layout()
+        self.recording = records(self.layout, all_ranks)
         stem = Path(script).stem if script else "session"
-        path = create_run_dir(out, stem, name)
+        self._place = (out, stem, name)
+        path = shared_run_dir(out, stem, name, self.layout) if self.recording else None
         self.layers: list[dict[str, Any]] = []
         self.optimizers: list[dict[str, Any]] = []
         self.recorders: list = []
         self.listeners: list[Callable[[dict, dict], None]] = []  # called with each flush's tables (live view)
         self.closed = False
-        self.writer = RunWriter(
-            path,
-            {
-                "gradprobe_version": __version__,
-                "status": "running",
-                "framework": None,
-                "script": str(Path(script).resolve()) if script else None,
-                "argv": list(argv) if argv is not None else list(sys.argv),
-                "cwd": os.getcwd(),
-                "host": socket.gethostname(),
-                "python": platform.python_version(),
-                "start_time": time.time(),
-                "end_time": None,
-                "exit_code": None,
-                "error": None,
-                "stop_reason": None,
-                "clip": str(self.policy) if self.policy is not None else None,
-                "sampling": asdict(self.sampling),
-                "max_steps": max_steps,
-                "seed": seed,
-                "world": self.layout,
-                "optimizers": self.optimizers,
-                "layers": self.layers,
-                "progress": {"steps": 0, "flushes": 0},
-            },
-            rank=self.layout["rank"],
-        )
+        meta = {
+            "gradprobe_version": __version__,
+            "status": "running",
+            "framework": None,
+            "script": str(Path(script).resolve()) if script else None,
+            "argv": list(argv) if argv is not None else list(sys.argv),
+            "cwd": os.getcwd(),
+            "host": socket.gethostname(),
+            "python": platform.python_version(),
+            "start_time": time.time(),
+            "end_time": None,
+            "exit_code": None,
+            "error": None,
+            "stop_reason": None,
+            "clip": str(self.policy) if self.policy is not None else None,
+            "sampling": asdict(self.sampling),
+            "max_steps": max_steps,
+            "seed": seed,
+            "world": {**self.layout, "all_ranks": all_ranks},
+            "optimizers": self.optimizers,
+            "layers": self.layers,
+            "progress": {"steps": 0, "flushes": 0},
+        }
+        rank = self.layout["rank"]
+        self.writer = RunWriter(path, meta, rank=rank) if path is not None else SilentWriter(meta, rank)
 
     @property
-    def path(self) -> Path:
-        """The run directory."""
+    def path(self) -> Path | None:
+        """The run directory (None on a rank that does not record)."""
         return self.writer.path
+
+    def record_every_rank(self) -> None:
+        """The model is sharded: each rank holds part of every gradient, so every rank records."""
+        self.writer.meta["world"]["sharded"] = True
+        if not self.recording:
+            self.recording = True
+            path = shared_run_dir(*self._place, self.layout)
+            self.writer = RunWriter(path, self.writer.meta, rank=self.layout["rank"])
+        self.writer.write_meta()
 
     def set_framework(self, name: str, version: str) -> None:
         """Record which framework the run trains with."""

@@ -7,11 +7,10 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from gradprobe.analysis import KINDS
-from gradprobe.reports.escape import markdown as md
+from gradprobe.reports.escape import markdown as md, terminal as escape
 from gradprobe.reports.json_report import plain
 from gradprobe.reports.markdown import table as md_table
 from gradprobe.reports.summary import Report, clip_stats, global_norm_stats, layer_stats, loss_stats

@@ -3,7 +3,9 @@
 Per optimizer: the global norm over time (with the recorded clip threshold,
 the recommended thresholds and the findings marked on the time axis) beside
 the loss; a layer-by-step heatmap of log10 norms; per-layer norm
-distributions; and the gradient flow (median norm by depth).
+distributions; and the gradient flow (median norm by depth). With two or more
+layer groups, each group's norm over time; with per-task gradients, their norms
+and cosines over time.
 """
 
 from __future__ import annotations
@@ -13,12 +15,16 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from gradprobe.analysis import Finding, Stream
+from gradprobe.analysis import Finding, Stream, parse_groups
+from gradprobe.analysis.groups import assign_groups
+from gradprobe.analysis.imbalance import group_levels
 from gradprobe.analysis.robust import bin_medians, log10_norms, quiet
+from gradprobe.analysis.task_conflict import task_cosines, task_norms
 from gradprobe.reports.escape import mpl
 from gradprobe.reports.series import envelope
 from gradprobe.reports.summary import Report, optimizer_label
@@ -216,6 +222,50 @@ def flow_plot(stream: Stream) -> Plot:
     return Plot("Gradient flow: median norm by depth",
                 "Median gradient norm of each layer over the sampled steps, from input (left) to output "
                 "(right); a steady fall towards the input is vanishing gradient flow.", figure)
+
+
+def group_plot(stream: Stream, groups: Sequence[str] = ()) -> Plot | None:
+    """Each layer group's gradient L2 norm and per-parameter RMS at the sampled steps (None for < 2 groups)."""
+    labels = assign_groups(stream.names, list(stream.table["group"]), parse_groups(groups) if groups else None)
+    names, rms, norm = group_levels(stream, labels)
+    if len(names) < 2:
+        return None
+    figure = _new_figure(12, 4)
+    axes = figure.subplots(1, 2)
+    for k, name in enumerate(names):
+        for ax, values in zip(axes, (norm, rms)):
+            ax.plot(stream.sampled, 10 ** values[:, k], linewidth=1.0, label=mpl(name))
+    for ax, label in zip(axes, ("group gradient L2 norm", "per-parameter RMS (norm / sqrt(numel))")):
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=7)
+    return Plot("Layer groups over time",
+                "Gradient of each layer group (the --group patterns, or the top-level modules) at the sampled "
+                "steps: L2 norm (left) and per-parameter RMS (right), which the imbalance check compares.",
+                figure)
+
+
+def task_plot(tasks: pd.DataFrame) -> Plot:
+    """Per-task gradient norms on the shared parameters and the pairwise cosines over the sampled steps."""
+    figure = _new_figure(12, 4)
+    left, right = figure.subplots(1, 2)
+    for name, series in task_norms(tasks).items():
+        left.plot(series.index, series.to_numpy(np.float64), linewidth=1.0, marker=".", label=mpl(name))
+    for pair, series in task_cosines(tasks).items():
+        right.plot(series.index, series.to_numpy(np.float64), linewidth=1.0, marker=".", label=mpl(pair))
+    right.axhline(0, color="black", linewidth=0.6)
+    right.set_ylim(-1.05, 1.05)
+    left.set_yscale("log")
+    left.set_ylabel("task gradient L2 norm")
+    right.set_ylabel("cosine similarity")
+    for ax in (left, right):
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    return Plot("Task gradients on the shared parameters",
+                "Each task's gradient on the shared parameters (gradprobe.task_gradients): L2 norm (left) and "
+                "cosine similarity of each pair (right; below 0 the tasks pull the shared weights apart).",
+                figure)
 
 
 def stream_plots(report: Report, stream: Stream,

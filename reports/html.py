@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import base64
-from html import escape
 from typing import Sequence
 
-from gradprobe.reports.figures import Plot, stream_plots
+from gradprobe.reports.escape import html_text as escape
+from gradprobe.reports.figures import Plot, group_plot, stream_plots, task_plot
 from gradprobe.reports.progress import Stages, quiet_stages
 from gradprobe.reports.summary import Report, clip_stats, global_norm_stats, layer_stats, loss_stats, optimizer_label
 from gradprobe.reports.terminal import fmt, step_range
@@ -53,6 +53,7 @@ def _run_section(report: Report) -> str:
     ]
     if meta.get("error"):
         rows.append(["error", f'<span class="critical">{escape(str(meta["error"]))}</span>'])
+    rows += [["note", f'<span class="warning">{escape(note)}</span>'] for note in report.run.notes]
     for stream in report.streams:
         stats = global_norm_stats(stream.steps)
         text = (f"{stats['steps']} steps; global norm median {fmt(stats['median'])}, p95 {fmt(stats['p95'])}, "
@@ -110,6 +111,11 @@ def render_html(report: Report, stages: Stages | None = None) -> str:
                           if r.threshold_series(stream.optimizer) is not None}
             for plot in stream_plots(report, stream, thresholds):
                 parts.append(_figure(plot))
+            groups = group_plot(stream, report.groups) if len(stream.sampled) else None
+            if groups is not None:
+                parts.append(_figure(groups))
+    if report.tasks is not None and len(report.tasks):
+        parts.append(_figure(task_plot(report.tasks)))
     parts.append(_layers_section(report))
     body = "\n".join(part for part in parts if part)
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

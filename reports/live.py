@@ -18,13 +18,13 @@ from typing import IO, Any, Mapping
 import numpy as np
 from rich.console import Console, Group
 from rich.live import Live
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from gradprobe.analysis import Finding
 from gradprobe.analysis.clip_saturation import CLIPPED_SCALE
 from gradprobe.analysis.live_checks import LiveChecks
+from gradprobe.reports.escape import terminal as escape
 from gradprobe.reports.sparkline import sparkline
 from gradprobe.reports.terminal import SEVERITY_STYLE, fmt
 from gradprobe.session import Session

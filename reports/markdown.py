@@ -7,6 +7,7 @@ from typing import Sequence
 from gradprobe.reports.escape import markdown as md
 from gradprobe.reports.sparkline import sparkline
 from gradprobe.reports.summary import Report, clip_stats, global_norm_stats, layer_stats, loss_stats, optimizer_label
+from gradprobe.reports.summary import task_stats
 from gradprobe.reports.terminal import fmt, layer_list, step_range
 
 SPARK_WIDTH = 40
@@ -32,6 +33,7 @@ def _run_section(report: Report) -> list[str]:
     ]
     if meta.get("error"):
         rows.append(["error", md(meta["error"])])
+    rows += [["note", md(note)] for note in report.run.notes]
     return [f"## gradprobe report: {md(report.name)}", "", *table(["run", ""], rows), ""]
 
 
@@ -79,6 +81,16 @@ def _recommendations_section(report: Report) -> list[str]:
             *table(["spec", "clipped", "mean scale", "min scale", "rationale"], rows, "lrrrl"), ""]
 
 
+def _tasks_section(report: Report) -> list[str]:
+    rows = [[md(row["series"]), f"`{sparkline(row['values'], SPARK_WIDTH, log=row['negative'] is None)}`",
+             fmt(row["median"]), fmt(row["max"]), "-" if row["negative"] is None else f"{row['negative']:.0%}"]
+            for row in task_stats(report.tasks)]
+    if not rows:
+        return []
+    return ["### Task gradients on the shared parameters", "",
+            *table(["series", "over time", "median", "max", "negative"], rows, "llrrr"), ""]
+
+
 def _layers_section(report: Report) -> list[str]:
     stats = layer_stats(report.run)
     rows = [[md(r["name"]), f"{r.numel:,}", fmt(r["median"]), fmt(r.p95), fmt(r["max"]), str(r.nonfinite)]
@@ -89,5 +101,6 @@ def _layers_section(report: Report) -> list[str]:
 
 def render_markdown(report: Report) -> str:
     """The report as GitHub-flavoured Markdown."""
-    sections = (_run_section, _findings_section, _norms_section, _recommendations_section, _layers_section)
+    sections = (_run_section, _findings_section, _norms_section, _tasks_section, _recommendations_section,
+                _layers_section)
     return "\n".join(line for section in sections for line in section(report))

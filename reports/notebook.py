@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from html import escape
 from typing import Sequence
 
 from matplotlib.figure import Figure
 
+from gradprobe.reports.escape import html_text as escape
 from gradprobe.reports.escape import mpl
 from gradprobe.reports.figures import stream_plots
 from gradprobe.reports.sparkline import sparkline
@@ -74,6 +74,7 @@ def summary_html(run: Run, groups: Sequence[str] = ()) -> str:
     rows = [_row("run", f"{head}<br><code>{escape(str(run.path))}</code>")]
     if meta.get("error"):
         rows.append(_row("error", _coloured(str(meta["error"]), SEVERITY_COLOURS["critical"])))
+    rows += [_row("note", _coloured(note, SEVERITY_COLOURS["warning"])) for note in run.notes]
     rows += _optimizer_rows(report) + _finding_rows(report)
     return f'<table style="border-collapse:collapse">{"".join(rows)}</table>'
 

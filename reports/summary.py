@@ -11,6 +11,7 @@ import pandas as pd
 from gradprobe.analysis import SEVERITIES, Finding, Stream, diagnose, split_streams
 from gradprobe.analysis.clip_saturation import CLIPPED_SCALE
 from gradprobe.analysis.recommend import STRATEGIES, Recommendation, recommend
+from gradprobe.analysis.task_conflict import read_tasks, task_cosines, task_norms
 from gradprobe.reports.progress import Stages, quiet_stages
 from gradprobe.store import Run
 
@@ -53,6 +54,8 @@ class Report:
     streams: list[Stream]
     findings: list[Finding]
     recommendations: list[Recommendation] = field(default_factory=list)
+    tasks: pd.DataFrame | None = None  # per-task gradient norms and cosines (``gradprobe.task_gradients``)
+    groups: Sequence[str] = ()  # the user's ``NAME=GLOB`` layer groups (default: top-level modules)
 
     @property
     def name(self) -> str:
@@ -75,13 +78,14 @@ def build_report(run: Run, groups: Sequence[str] = (), stages: Stages | None = N
     stages = stages or quiet_stages()
     with stages.stage("reading the run"):
         _ = (run.steps, run.layers)
+        tasks = read_tasks(run)
     with stages.stage("organising per-layer statistics"):
         streams = split_streams(run)
     with stages.stage("diagnosing"):
-        findings = diagnose(streams, groups)
+        findings = diagnose(streams, groups, tasks)
     with stages.stage("replaying clip recommendations"):
         recommendations = recommend(streams, findings, strategies, percentile)
-    return Report(run, streams, findings, recommendations)
+    return Report(run, streams, findings, recommendations, tasks, tuple(groups))
 
 
 def optimizer_label(run: Run, optimizer: int) -> str:
@@ -113,3 +117,21 @@ def clip_stats(steps: pd.DataFrame) -> dict[str, float] | None:
         "mean_scale": float(np.nanmean(scale)),
         "threshold_median": float(np.median(threshold[active])),
     }
+
+
+def task_stats(tasks: pd.DataFrame | None) -> list[dict]:
+    """One row per task (median and max gradient norm on the shared parameters) and per pair of tasks
+    (median cosine, share of negative cosines), each with its series over the sampled steps."""
+    if tasks is None or not len(tasks):
+        return []
+    rows = []
+    for name, series in task_norms(tasks).items():
+        values = series.dropna().to_numpy(dtype=np.float64)
+        rows.append({"series": f"norm {name}", "median": float(np.median(values)) if values.size else np.nan,
+                     "max": float(values.max()) if values.size else np.nan, "negative": None, "values": values})
+    for pair, series in task_cosines(tasks).items():
+        values = series.dropna().to_numpy(dtype=np.float64)
+        rows.append({"series": f"cosine {pair}", "median": float(np.median(values)) if values.size else np.nan,
+                     "max": float(values.max()) if values.size else np.nan,
+                     "negative": float(np.mean(values < 0)) if values.size else None, "values": values})
+    return rows

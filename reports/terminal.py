@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Sequence
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from gradprobe.analysis import Recommendation
+from gradprobe.reports.escape import terminal as escape
 from gradprobe.reports.sparkline import sparkline
 from gradprobe.reports.summary import Report, clip_stats, global_norm_stats, layer_stats, loss_stats, optimizer_label
+from gradprobe.reports.summary import task_stats
 from gradprobe.store import Run
 
 _STATUS_STYLE = {"finished": "green", "running": "cyan", "crashed": "red", "interrupted": "yellow"}
@@ -72,6 +73,8 @@ def _header(report: Report, console: Console) -> None:
                   f"  exit code {meta.get('exit_code')}")
     if meta.get("error"):
         console.print(f"error: [red]{escape(str(meta['error']))}[/red]")
+    for note in run.notes:
+        console.print(f"note: [yellow]{escape(note)}[/yellow]")
 
 
 def _findings(report: Report, console: Console) -> None:
@@ -103,6 +106,23 @@ def _streams(report: Report, console: Console) -> None:
         if clip:
             console.print(f"  clipping at {fmt(clip['threshold_median'])} fired on {clip['clipped_fraction']:.1%} "
                           f"of {clip['steps']} steps, mean scale {fmt(clip['mean_scale'])}")
+
+
+def _tasks(report: Report, console: Console) -> None:
+    rows = task_stats(report.tasks)
+    if not rows:
+        return
+    table = Table(title="task gradients on the shared parameters (gradprobe.task_gradients)", title_justify="left")
+    for column, justify in (("series", "left"), ("median", "right"), ("max", "right"), ("negative", "right"),
+                            ("over time", "left")):
+        table.add_column(column, justify=justify, overflow="fold" if column == "series" else None,
+                         no_wrap=column == "over time")
+    for row in rows:
+        cosine = row["negative"] is not None
+        negative = "-" if not cosine else f"{row['negative']:.0%}"
+        table.add_row(escape(row["series"]), fmt(row["median"]), fmt(row["max"]), negative,
+                      sparkline(row["values"], LAYER_SPARK_WIDTH, log=not cosine))
+    console.print(table)
 
 
 def render_recommendations(recommendations: Sequence[Recommendation], console: Console | None = None) -> None:
@@ -150,6 +170,7 @@ def render_report(report: Report, console: Console | None = None) -> None:
     _header(report, console)
     _findings(report, console)
     _streams(report, console)
+    _tasks(report, console)
     if report.recommendations:
         render_recommendations(report.recommendations, console)
     _layers(report, console)
@@ -168,6 +189,7 @@ def render_run_list(runs: Sequence[Run], console: Console | None = None) -> None
         meta = run.meta
         steps = (meta.get("progress") or {}).get("steps", 0)
         script = Path(meta["script"]).name if meta.get("script") else "-"
-        table.add_row(escape(run.name), _status(meta), str(steps), escape(script),
+        status = "[red]ended abruptly[/]" if run.ended_abruptly else _status(meta)
+        table.add_row(escape(run.name), status, str(steps), escape(script),
                       _when(meta.get("start_time")))
     console.print(table)

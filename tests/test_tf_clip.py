@@ -191,12 +191,14 @@ def test_a_failing_hook_reports_once_and_training_goes_on_unchanged(tmp_path, mo
 
     expected = reference()
     monkeypatch.setattr(TFStream, "record", lambda *a, **k: 1 / 0)
-    with recording(tmp_path, clip="global-norm:max=1000"):
+    with recording(tmp_path, clip="global-norm:max=1000") as session:
         actual = reference()
     for a, b in zip(actual, expected):
         np.testing.assert_array_equal(a, b)
     err = capsys.readouterr().err
     assert err.count("gradprobe: internal error") == 1 and "ZeroDivisionError" in err
+    meta = load(session).meta
+    assert meta["incomplete"] is True and "ZeroDivisionError" in meta["incomplete_reason"]
 
 
 def test_tf_clipper_in_a_loop_you_own():

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from gradprobe.analysis import clip_saturation, dead_layer, explosion, imbalance, nonfinite, spike, vanishing
+import pandas as pd
+
+from gradprobe.analysis import clip_saturation, dead_layer, explosion, imbalance, nonfinite, spike, task_conflict
+from gradprobe.analysis import rank_divergence, vanishing
 from gradprobe.analysis.findings import Finding
 from gradprobe.analysis.groups import check_groups, parse_groups
 from gradprobe.analysis.streams import Stream, split_streams
@@ -17,15 +20,20 @@ DETECTORS: dict[str, Callable[[Stream], list[Finding]]] = {
     "vanishing": vanishing.detect,
     "dead_layer": dead_layer.detect,
     "clip_saturation": clip_saturation.detect,
+    "rank_divergence": rank_divergence.detect,
 }
 
 
-def diagnose(run: Run | Sequence[Stream], groups: Sequence[str] = ()) -> list[Finding]:
+def diagnose(run: Run | Sequence[Stream], groups: Sequence[str] = (),
+             tasks: pd.DataFrame | None = None) -> list[Finding]:
     """All findings of ``run`` (or of its already split streams), most severe first, then by step.
 
     ``groups``: user layer groups as ``NAME=GLOB`` for the imbalance detector
-    (default: the recorded groups, i.e. top-level modules).
+    (default: the recorded groups, i.e. top-level modules). ``tasks``: the
+    run's ``tasks`` table for the task detectors (read from ``run`` when not given).
     """
+    if isinstance(run, Run) and tasks is None:
+        tasks = task_conflict.read_tasks(run)
     streams = split_streams(run) if isinstance(run, Run) else list(run)
     user_groups = parse_groups(groups) if groups else None
     if user_groups:
@@ -35,4 +43,5 @@ def diagnose(run: Run | Sequence[Stream], groups: Sequence[str] = ()) -> list[Fi
         for detect in DETECTORS.values():
             findings.extend(detect(stream))
         findings.extend(imbalance.detect(stream, user_groups))
+    findings.extend(task_conflict.detect(tasks))
     return sorted(findings, key=lambda f: (-f.rank, f.steps[0]))

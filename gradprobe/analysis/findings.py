@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-KINDS = ("explosion", "vanishing", "spike", "nonfinite", "dead_layer", "clip_saturation", "imbalance")
+KINDS = ("explosion", "vanishing", "spike", "nonfinite", "dead_layer", "clip_saturation", "imbalance",
+         "task_conflict", "task_imbalance", "rank_divergence")
 SEVERITIES = ("info", "warning", "critical")
 
 

@@ -96,7 +96,8 @@ def detect(stream: Stream, user_groups: dict[str, list[str]] | None = None) -> l
         },
         advice=(
             f"Group '{names[strong]}' gets {times(ratio)} the per-parameter gradient of '{names[weak]}'{also} "
-            f"on {fraction:.0%} of the steps: rebalance the loss weights or per-group learning rates "
+            f"on {fraction:.0%} of the sampled steps, from step {stream.sampled[rows[0]]} to "
+            f"{stream.sampled[rows[-1]]}: rebalance the loss weights or per-group learning rates "
             "(or normalise each group's gradient); layer-wise clipping keeps one group from drowning the other."
         ),
     )]

@@ -26,7 +26,8 @@ class Stream:
     ``steps`` has one row per step, sorted. ``sampled`` lists the steps with
     per-layer rows; :meth:`matrix` gives a column of the layer rows as a
     ``len(sampled) x len(layer_ids)`` array, NaN (or 0 for counts) where a
-    layer had no gradient.
+    layer had no gradient. ``all_ranks``: in a run recorded with
+    ``--all-ranks``, the ``steps`` and layer rows of every rank, else None.
     """
 
     optimizer: int
@@ -35,6 +36,7 @@ class Stream:
     table: pd.DataFrame
     rows: pd.DataFrame = field(repr=False)
     _matrices: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    all_ranks: tuple[pd.DataFrame, pd.DataFrame] | None = field(default=None, repr=False)
 
     @property
     def names(self) -> list[str]:
@@ -114,10 +116,13 @@ def split_streams(run: Run) -> list[Stream]:
     optimizers = sorted(set(steps["optimizer"].unique()) | set(rows["optimizer"].unique())
                         | set(owners.dropna().astype(int)))
     single = len(optimizers) == 1
+    world = run.meta.get("world")
+    every_rank = isinstance(world, dict) and bool(world.get("all_ranks"))
     streams = []
     for optimizer in optimizers:
         own_steps = steps if single else steps[steps["optimizer"] == optimizer]
         own_rows = rows if single else rows[rows["optimizer"] == optimizer]
+        all_ranks = (own_steps, own_rows) if every_rank and own_steps["rank"].nunique() > 1 else None
         own_steps = _lowest_rank(own_steps).drop_duplicates("step", keep="last").reset_index(drop=True)
         own_rows = _lowest_rank(own_rows)
         if single:
@@ -126,5 +131,5 @@ def split_streams(run: Run) -> list[Stream]:
             seen = set(own_rows["layer"].unique())
             ids = table["id"][(owners == optimizer) | (owners.isna() & table["id"].isin(seen))].to_numpy()
         ids = np.asarray(sorted(int(i) for i in ids), dtype=np.int64)
-        streams.append(Stream(int(optimizer), own_steps, ids, table.loc[ids], own_rows))
+        streams.append(Stream(int(optimizer), own_steps, ids, table.loc[ids], own_rows, all_ranks=all_ranks))
     return streams

@@ -5,10 +5,17 @@ multi-tensor kernels (``torch._foreach_norm``), the same ones
 ``torch.nn.utils.clip_grad_norm_`` uses. Half-precision gradients are reduced
 in float32 so large values cannot overflow; float64 and complex gradients are
 reduced in their own precision. Results are float32 vectors on ``device``.
+
+On the CPU, torch's max-abs norm is an order of magnitude slower than its L2
+norm, so max-abs is taken there from ``torch.aminmax`` (one pass per tensor),
+and non-finite elements are counted only in the tensors whose max-abs is not
+finite (a tensor with a finite max-abs has none; that check is a host read,
+free on the CPU, so accelerators count in every tensor instead).
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 
 import torch
@@ -38,9 +45,13 @@ def foreach_norms(tensors: list[torch.Tensor], ord: float, device: torch.device)
         return torch.zeros(0, device=device)
     groups = _groups(tensors)
     out = None if len(groups) == 1 else torch.empty(len(tensors), device=device)
-    for (_, dtype), index in groups.items():
+    for (tensor_device, dtype), index in groups.items():
         members = [tensors[i] for i in index]
-        if dtype in _UPCAST:
+        if ord == math.inf:  # the max of an empty tensor is undefined; a zero-size gradient's is 0
+            members = [t if t.numel() else t.new_zeros(1) for t in members]
+        if ord == math.inf and tensor_device.type == "cpu" and not dtype.is_complex:
+            norms = [torch.maximum(high.float(), -low.float()) for low, high in map(torch.aminmax, members)]
+        elif dtype in _UPCAST:
             norms = torch._foreach_norm(members, ord, dtype=torch.float32)
         else:
             norms = torch._foreach_norm(members, ord)
@@ -51,12 +62,22 @@ def foreach_norms(tensors: list[torch.Tensor], ord: float, device: torch.device)
     return out
 
 
-def nonfinite_counts(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
-    """Number of NaN/Inf elements of each tensor, as an int64 vector on ``device``."""
+def nonfinite_counts(tensors: list[torch.Tensor], max_abs: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Number of NaN/Inf elements of each tensor, as an int64 vector on ``device``.
+
+    ``max_abs``: the tensors' max-abs norms (from :func:`foreach_norms`).
+    """
+    counts = torch.zeros(len(tensors), dtype=torch.int64, device=device)
     if not tensors:
-        return torch.zeros(0, dtype=torch.int64, device=device)
-    counts = [t.numel() - torch.isfinite(t).sum() for t in tensors]
-    return torch.stack([c.to(device, non_blocking=True) for c in counts])
+        return counts
+    if all(t.device.type == "cpu" for t in tensors) and max_abs.device.type == "cpu":
+        suspects = torch.nonzero(~torch.isfinite(max_abs)).flatten().tolist()
+    else:
+        suspects = range(len(tensors))
+    for i in suspects:
+        t = tensors[i]
+        counts[i] = (t.numel() - torch.isfinite(t).sum()).to(device, non_blocking=True)
+    return counts
 
 
 def global_norm(layer_norms: torch.Tensor) -> torch.Tensor:

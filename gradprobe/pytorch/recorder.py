@@ -29,18 +29,21 @@ from __future__ import annotations
 import functools
 import gc
 import sys
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from gradprobe.policies.torch_apply import TorchClipper, flag_skip_on_device, restore_found_inf
 from gradprobe.pytorch.naming import ParamNamer
+from gradprobe.pytorch.norms import foreach_norms, global_norm
+from gradprobe.pytorch.sharding import full_norms, local
 from gradprobe.pytorch.stream import Stream
+from gradprobe.containment import GuardedHooks
 from gradprobe.session import Session, StopTraining
 
 
-class TorchRecorder:
+class TorchRecorder(GuardedHooks):
     """Installs gradprobe's hooks into torch and feeds a :class:`~gradprobe.session.Session`."""
 
     def __init__(self, session: Session, namer: ParamNamer | None = None):
@@ -53,7 +56,6 @@ class TorchRecorder:
         self.streams: dict[int, Stream] = {}
         self.backward_stream: Stream | None = None
         self.optimizer_exists = False
-        self.disabled = False
         self._pending_loss: torch.Tensor | None = None
         self._step_loss: torch.Tensor | None = None
         self._scaled_loss: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -155,33 +157,6 @@ class TorchRecorder:
 
     def _all_streams(self) -> list[Stream]:
         return list(self.streams.values()) + ([self.backward_stream] if self.backward_stream else [])
-
-    # -- error containment --------------------------------------------------------------
-
-    def _guard(self, fn: Callable) -> Callable:
-        """Run ``fn`` so that its failures never reach the training loop."""
-
-        @functools.wraps(fn)
-        def guarded(*args, **kwargs):
-            if self.disabled:
-                return None
-            try:
-                return fn(*args, **kwargs)
-            except StopTraining:
-                raise
-            except Exception as exc:
-                self._report(exc, fn.__name__.strip("_"))
-                return None
-
-        return guarded
-
-    def _report(self, exc: Exception, where: str) -> None:
-        self.disabled = True
-        print(
-            f"gradprobe: internal error in {where} ({type(exc).__name__}: {exc}); "
-            "recording stopped, training continues",
-            file=sys.stderr,
-        )
 
     # -- optimizer steps ----------------------------------------------------------------
 
@@ -314,12 +289,20 @@ class TorchRecorder:
         if clipper is None:
             clipper = self.clippers[stream.index] = TorchClipper(self.policy)
         params = [stream.params[i] for i in stats.present]
-        result = clipper.clip([p.grad for p in params], stats.norms, stats.global_norm, params)
+        grads = [local(p.grad) for p in params]
+        if stats.weights is None:
+            result = clipper.clip(grads, stats.norms, stats.global_norm, params)
+            pre_norm, post_norm = result.norm, result.post_norm
+        else:  # sharded: the policy needs the full norms; the run stores this rank's part of them
+            norms = full_norms(stats.norms, stats.weights)
+            result = clipper.clip(grads, norms, global_norm(norms), [local(p) for p in params])
+            pre_norm = stats.global_norm
+            post_norm = global_norm(foreach_norms(grads, 2.0, stream.device) * stats.weights)
         if self.policy.can_skip and optimizer is not None:
             self._prevent_update(optimizer, params, result.skipped)
         threshold = torch.where(torch.isnan(result.threshold), result.skip_threshold, result.threshold)
         stream.record(stats, loss=loss, skipped=result.skipped | amp_skipped,
-                      pre_norm=result.norm, post_norm=result.post_norm, scale=result.scale, threshold=threshold)
+                      pre_norm=pre_norm, post_norm=post_norm, scale=result.scale, threshold=threshold)
 
     def _warn_unclipped(self, optimizer) -> None:
         if id(optimizer) not in self._warned:

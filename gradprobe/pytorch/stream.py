@@ -13,6 +13,7 @@ from gradprobe.buffers import LAYER_STATS, STEP_COLUMNS, layers_columns, steps_c
 from gradprobe.interrupts import critical
 from gradprobe.pytorch.naming import ParamNamer
 from gradprobe.pytorch.norms import dense, foreach_norms, global_norm, nonfinite_counts
+from gradprobe.pytorch.sharding import counted, is_sharded, local
 from gradprobe.session import Session
 
 
@@ -23,15 +24,19 @@ class StepStats:
     ``present`` lists the positions (into the stream's parameters) that had a
     gradient; ``norms`` holds their L2 norms in that order, already divided by
     ``grad_scale`` when the gradients are still scaled (fused AMP optimizers).
+    With sharded parameters ``grads`` are this rank's shards, ``weights``
+    says which norms count towards the cross-rank sum (see
+    :mod:`gradprobe.pytorch.sharding`) and ``global_norm`` is this rank's part.
     """
 
     def __init__(self, present: list[int], grads: list[torch.Tensor], norms: torch.Tensor,
-                 grad_scale: torch.Tensor | None = None):
+                 grad_scale: torch.Tensor | None = None, weights: torch.Tensor | None = None):
         self.present = present
         self.grads = grads
         self.norms = norms
         self.grad_scale = grad_scale
-        self.global_norm = global_norm(norms)
+        self.weights = weights
+        self.global_norm = global_norm(norms if weights is None else norms * weights)
 
 
 class Stream:
@@ -65,6 +70,7 @@ class Stream:
                     "numel": params[i].numel(),
                     "dtype": str(params[i].dtype).removeprefix("torch."),
                     "optimizer": index,
+                    **({"sharded": True} if is_sharded(params[i]) else {}),
                 }
                 for i in new
             ]
@@ -72,6 +78,10 @@ class Stream:
         known.update(zip((id(params[i]) for i in new), new_ids))
         self.layer_ids = np.asarray([known[id(p)] for p in self.params], dtype=np.int32)
         self.device = self.params[0].device if self.params else torch.device("cpu")
+        sharded = [is_sharded(p) for p in self.params]
+        self.weights = counted(sharded, session.layout["rank"], self.device) if any(sharded) else None
+        if self.weights is not None:
+            session.record_every_rank()
         sampling = session.sampling
         self.every = sampling.every
         capacity = sampling.flush_every
@@ -98,12 +108,13 @@ class Stream:
         plus, on a sampled step, the per-layer statistics. Call it before anything modifies the
         gradients (clipping), so every recorded figure describes the same, pre-clip gradients."""
         present = [i for i, p in enumerate(self.params) if p.grad is not None]
-        grads = [dense(self.params[i].grad) for i in present]
+        grads = [local(dense(self.params[i].grad)) for i in present]
         norms = foreach_norms(grads, 2.0, self.device)
         if grad_scale is not None:
             grad_scale = grad_scale.to(self.device)
             norms = norms / grad_scale
-        stats = StepStats(present, grads, norms, grad_scale)
+        weights = None if self.weights is None else self.weights[present]
+        stats = StepStats(present, grads, norms, grad_scale, weights)
         if self.steps % self.every == 0:
             self._record_layers(stats)
         return stats
@@ -160,11 +171,11 @@ class Stream:
             slot = len(self._host_layer_steps)
             present = stats.present
             maxabs = foreach_norms(stats.grads, math.inf, self.device)
+            counts = nonfinite_counts(stats.grads, maxabs, self.device)
             if stats.grad_scale is not None:
                 maxabs = maxabs / stats.grad_scale
-            pnorms = foreach_norms([dense(self.params[i].detach()) for i in present], 2.0, self.device)
+            pnorms = foreach_norms([local(dense(self.params[i].detach())) for i in present], 2.0, self.device)
             values = torch.stack([stats.norms, maxabs, pnorms], dim=1)
-            counts = nonfinite_counts(stats.grads, self.device)
             if len(present) == len(self.params):
                 self.layer_stats[slot].copy_(values)
                 self.layer_nonfinite[slot].copy_(counts)

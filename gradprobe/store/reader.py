@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 from functools import cached_property
 from pathlib import Path
@@ -15,12 +16,44 @@ import pyarrow.parquet as pq
 
 from gradprobe.errors import RunFormatError
 from gradprobe.store.schema import FORMAT_VERSION, STATUSES, TABLES
+from gradprobe.store.shards import combine_layers, combine_steps
 from gradprobe.store.writer import DEFAULT_ROOT, META_FILE, PARTS_DIR
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 LAYER_FIELDS = ("id", "name", "shape", "numel", "dtype", "group")
+
+# Optional run.json fields that readers use, with their JSON types (``None`` is always allowed).
+FIELD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "framework": ((dict,), "an object"),
+    "script": ((str,), "a string"),
+    "argv": ((list,), "a list of strings"),
+    "host": ((str,), "a string"),
+    "pid": ((int,), "an integer"),
+    "start_time": ((int, float), "a number"),
+    "end_time": ((int, float), "a number"),
+    "exit_code": ((int,), "an integer"),
+    "error": ((str,), "a string"),
+    "stop_reason": ((str,), "a string"),
+    "clip": ((str,), "a string"),
+    "sampling": ((dict,), "an object"),
+    "world": ((dict,), "an object"),
+    "optimizers": ((list,), "a list of objects"),
+    "layers": ((list,), "a list of objects"),
+    "progress": ((dict,), "an object"),
+    "incomplete": ((bool,), "true or false"),
+    "incomplete_reason": ((str,), "a string"),
+}
+MAX_TIME = 1e11  # Unix seconds, year 5138: later (or NaN) is not a time
+LAYER_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "id": ((int,), "an integer"),
+    "name": ((str,), "a string"),
+    "shape": ((list,), "a list of integers"),
+    "numel": ((int,), "an integer"),
+    "dtype": ((str,), "a string"),
+    "group": ((str,), "a string or null"),
+}
 
 
 def read_meta(path: Path) -> dict[str, Any]:
@@ -36,6 +69,10 @@ def read_meta(path: Path) -> dict[str, Any]:
         meta = json.loads(text)
     except json.JSONDecodeError as exc:
         raise RunFormatError(f"{file}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except ValueError as exc:  # e.g. an integer too long to convert
+        raise RunFormatError(f"{file}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise RunFormatError(f"{file}: not valid JSON (nested too deeply)") from None
     if not isinstance(meta, dict):
         raise RunFormatError(f"{file}: expected a JSON object, found {type(meta).__name__}")
     version = meta.get("format_version")
@@ -48,12 +85,46 @@ def read_meta(path: Path) -> dict[str, Any]:
         )
     if meta.get("status") not in STATUSES:
         raise RunFormatError(f"{file}: 'status' must be one of {', '.join(STATUSES)}")
-    layers = meta.get("layers", [])
-    if not isinstance(layers, list) or not all(
-        isinstance(layer, dict) and all(k in layer for k in LAYER_FIELDS) for layer in layers
-    ):
-        raise RunFormatError(f"{file}: 'layers' must be a list of objects with {', '.join(LAYER_FIELDS)}")
+    for key, (kinds, what) in FIELD_TYPES.items():
+        value = meta.get(key)
+        if value is not None and not _is(value, kinds):
+            raise RunFormatError(f"{file}: '{key}' must be {what}, found {_json_type(value)}")
+    if not all(isinstance(arg, str) for arg in meta.get("argv") or []):
+        raise RunFormatError(f"{file}: 'argv' must be a list of strings")
+    if not all(isinstance(o, dict) and _is(o.get("index", 0), (int,)) for o in meta.get("optimizers") or []):
+        raise RunFormatError(f"{file}: 'optimizers' must be a list of objects with an integer 'index'")
+    for key in ("start_time", "end_time"):
+        if meta.get(key) is not None and not 0 <= meta[key] < MAX_TIME:
+            raise RunFormatError(f"{file}: '{key}' must be a Unix time in seconds, found {meta[key]}")
+    if meta.get("pid") is not None and not 0 < meta["pid"] < 2**31:
+        raise RunFormatError(f"{file}: 'pid' must be a process id, found {meta['pid']}")
+    _check_layers(file, meta.get("layers") or [])
     return meta
+
+
+def _is(value: Any, kinds: tuple[type, ...]) -> bool:
+    return isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool))
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
+             float: "a number"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _check_layers(file: Path, layers: list) -> None:
+    """Each entry of ``layers`` has the fields renderers use, with usable types and a unique id."""
+    problem = f"{file}: 'layers' must be a list of objects with {', '.join(LAYER_FIELDS)}"
+    ids = set()
+    for layer in layers:
+        if not isinstance(layer, dict) or not all(k in layer for k in LAYER_FIELDS):
+            raise RunFormatError(problem)
+        for key, (kinds, what) in LAYER_TYPES.items():
+            if not _is(layer[key], kinds) and not (key == "group" and layer[key] is None):
+                raise RunFormatError(f"{file}: layer {layer['name']!r}: '{key}' must be {what}")
+        if not all(_is(n, (int,)) for n in layer["shape"]) or layer["id"] in ids or layer["id"] < 0:
+            raise RunFormatError(f"{file}: layer {layer['name']!r}: bad shape or repeated id {layer['id']}")
+        ids.add(layer["id"])
 
 
 def read_table(path: Path, table: str) -> pd.DataFrame:
@@ -63,7 +134,7 @@ def read_table(path: Path, table: str) -> pd.DataFrame:
     skipped with a warning on stderr; a part with missing columns is an error.
     """
     schema = TABLES[table]
-    parts = sorted((Path(path) / PARTS_DIR).glob(f"{table}-r*-*.parquet"))
+    parts = sorted(p for p in (Path(path) / PARTS_DIR).glob(f"{table}-r*-*.parquet") if p.is_file())
     tables = []
     for part in parts:
         try:
@@ -75,12 +146,20 @@ def read_table(path: Path, table: str) -> pd.DataFrame:
         if missing:
             raise RunFormatError(f"{part}: missing column(s) {', '.join(missing)}")
         try:
-            tables.append(data.select(schema.names).cast(schema))
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-            raise RunFormatError(f"{part}: columns have the wrong types ({exc})") from None
+            data = data.select(schema.names).cast(schema)
+        except pa.ArrowException as exc:
+            raise RunFormatError(f"{part}: columns have the wrong types ({_first_line(exc)})") from None
+        holes = [f.name for f in schema if not pa.types.is_floating(f.type) and data.column(f.name).null_count]
+        if holes:
+            raise RunFormatError(f"{part}: missing values in column(s) {', '.join(holes)}")
+        tables.append(data)
     combined = pa.concat_tables(tables) if tables else schema.empty_table()
     frame = combined.to_pandas()
     return frame.sort_values(["optimizer", "step"], kind="stable").reset_index(drop=True)
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 class Run:
@@ -95,14 +174,18 @@ class Run:
     @cached_property
     def steps(self) -> pd.DataFrame:
         """One row per optimizer step (see :mod:`gradprobe.store.schema`)."""
-        return read_table(self.path, "steps")
+        return combine_steps(read_table(self.path, "steps"), self.meta)
 
     @cached_property
     def layers(self) -> pd.DataFrame:
         """One row per parameter per recorded step, with the layer ``name`` joined in."""
-        frame = read_table(self.path, "layers")
+        frame = combine_layers(read_table(self.path, "layers"), self.meta)
         names = self.layer_table["name"]
         codes = names.index.get_indexer(frame["layer"])
+        if (codes < 0).any():
+            unknown = sorted(set(frame["layer"][codes < 0].tolist()))[:5]
+            raise RunFormatError(f"{self.path / PARTS_DIR}: layer rows refer to id(s) "
+                                 f"{', '.join(map(str, unknown))} missing from {META_FILE} 'layers'")
         frame["name"] = pd.Categorical.from_codes(codes, categories=pd.Index(names))
         return frame
 
@@ -116,6 +199,40 @@ class Run:
     def name(self) -> str:
         """The run directory's name."""
         return self.path.name
+
+    @property
+    def ended_abruptly(self) -> bool:
+        """The run is marked ``running`` but the process that wrote it, on this host, is gone
+        (killed with SIGKILL, out of memory, power loss): it will never be closed."""
+        pid = self.meta.get("pid")
+        if self.meta.get("status") != "running" or not pid or self.meta.get("host") != socket.gethostname():
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:  # it exists but belongs to someone else
+            return False
+        return False
+
+    @property
+    def notes(self) -> list[str]:
+        """Sentences every report shows about the run's state: still being written, ended
+        abruptly, nothing recorded, or incomplete because recording stopped early."""
+        notes = []
+        if self.ended_abruptly:
+            notes.append("ended abruptly: the process stopped without closing the run (killed or out of "
+                         "memory); steps after the last flush were lost")
+        elif self.meta.get("status") == "running":
+            notes.append("still being written (or ended on another host): this report covers the steps "
+                         "flushed so far")
+        if self.meta.get("status") != "running" and (self.meta.get("progress") or {}).get("steps") == 0:
+            notes.append("nothing was recorded: the script never updated trainable parameters "
+                         "(no optimizer step or backward pass, or every parameter frozen)")
+        if self.meta.get("incomplete"):
+            reason = self.meta.get("incomplete_reason") or "recording stopped early"
+            notes.append(f"incomplete: {reason}; steps after that were not recorded")
+        return notes
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r}, status={self.meta.get('status')!r})"

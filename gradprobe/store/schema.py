@@ -22,6 +22,12 @@ steps): ``step``, ``optimizer``, ``rank``, ``layer`` (id into ``run.json``
 ``layers``), ``norm`` (L2), ``maxabs`` (L-inf), ``nonfinite`` (count of NaN/Inf
 elements) and ``param_norm`` (L2 of the parameter itself). Norms are float32,
 computed in float32 or wider whatever the gradient dtype.
+
+``tasks`` parts (only when the script calls ``gradprobe.task_gradients``) hold,
+per sampled step, one row per task (``task``, ``other`` empty, ``norm``: L2 of
+that task's gradient on the shared parameters, ``cosine`` NaN) and one row per
+pair of tasks (``task``, ``other``, ``cosine``: cosine similarity of their
+gradients, ``norm`` NaN), with ``step``, ``optimizer``, ``rank`` and ``time``.
 """
 
 import pyarrow as pa
@@ -56,6 +62,19 @@ LAYERS_SCHEMA = pa.schema(
     ]
 )
 
-TABLES = {"steps": STEPS_SCHEMA, "layers": LAYERS_SCHEMA}
+TASKS_SCHEMA = pa.schema(
+    [
+        ("step", pa.int64()),
+        ("optimizer", pa.int16()),
+        ("rank", pa.int16()),
+        ("time", pa.float64()),
+        ("task", pa.string()),
+        ("other", pa.string()),
+        ("norm", pa.float32()),
+        ("cosine", pa.float32()),
+    ]
+)
+
+TABLES = {"steps": STEPS_SCHEMA, "layers": LAYERS_SCHEMA, "tasks": TASKS_SCHEMA}
 
 STATUSES = ("running", "finished", "crashed", "interrupted")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -89,15 +90,20 @@ class RunWriter:
 
     A write failure (disk full, directory removed) never reaches the training
     loop: it is reported once on stderr, the run is marked ``incomplete`` and
-    later parts are dropped.
+    later parts are dropped (``run.json`` is still rewritten when it can be, so
+    the final status lands once space is back). Only the process that created
+    the writer writes: in a forked child (a DataLoader worker, a Hogwild
+    trainer) every write is dropped, with one notice should the child record.
     """
 
     def __init__(self, path: Path, meta: Mapping[str, Any], rank: int = 0):
         self.path = Path(path)
         self.rank = rank
-        self.meta: dict[str, Any] = {"format_version": FORMAT_VERSION, **meta}
+        self._pid = os.getpid()
+        self.meta: dict[str, Any] = {"format_version": FORMAT_VERSION, **meta, "pid": self._pid}
         self._seq = {table: 0 for table in TABLES}
         self._failed = False
+        self._child_noticed = False
         (self.path / PARTS_DIR).mkdir(exist_ok=True)
         self.write_meta()
 
@@ -106,14 +112,25 @@ class RunWriter:
         self.meta.update(fields)
         self.write_meta()
 
+    def mark_incomplete(self, reason: str) -> None:
+        """Note in ``run.json`` that recording stopped early, and why (the first reason is kept)."""
+        self.meta["incomplete"] = True
+        self.meta.setdefault("incomplete_reason", reason)
+        self.write_meta()
+
     def write_meta(self) -> None:
         """Atomically rewrite ``run.json`` from the in-memory metadata."""
-        if self.rank != 0:
+        if self.rank != 0 or not self._in_owner():
             return
-        self._guard(lambda: write_json_atomic(self.path / META_FILE, self.meta))
+        try:
+            write_json_atomic(self.path / META_FILE, self.meta)
+        except OSError as exc:
+            self._fail(exc)
 
     def append(self, table: str, columns: Mapping[str, np.ndarray]) -> None:
         """Append one Parquet part of ``table`` (``steps`` or ``layers``)."""
+        if self._failed or not self._in_owner():
+            return
         schema = TABLES[table]
         arrays = [pa.array(np.asarray(columns[f.name]), type=f.type) for f in schema]
         if len(arrays[0]) == 0:
@@ -122,23 +139,27 @@ class RunWriter:
         self._seq[table] += 1
         final = self.path / PARTS_DIR / f"{table}-r{self.rank}-{self._seq[table]:06d}.parquet"
         tmp = final.with_name(f".{final.name}.tmp")
-
-        def write() -> None:
+        try:
             pq.write_table(part, tmp)
             os.replace(tmp, final)
+        except OSError as exc:
+            with contextlib.suppress(OSError):  # give back the space a partial part holds
+                tmp.unlink(missing_ok=True)
+            self._fail(exc)
 
-        self._guard(write)
+    def _in_owner(self) -> bool:
+        if os.getpid() == self._pid:
+            return True
+        if not self._child_noticed:
+            self._child_noticed = True
+            print(f"gradprobe: process {os.getpid()} is a child of the profiled process; "
+                  "its gradients are not recorded", file=sys.stderr)
+        return False
 
-    def _guard(self, action) -> None:
+    def _fail(self, exc: OSError) -> None:
         if self._failed:
             return
-        try:
-            action()
-        except OSError as exc:
-            self._failed = True
-            self.meta["incomplete"] = True
-            print(
-                f"gradprobe: cannot write to {self.path} ({exc.strerror or exc}); "
-                "recording stopped, training continues",
-                file=sys.stderr,
-            )
+        self._failed = True
+        reason = f"cannot write to {self.path} ({exc.strerror or exc})"
+        print(f"gradprobe: {reason}; recording stopped, training continues", file=sys.stderr)
+        self.mark_incomplete(reason)

@@ -61,6 +61,7 @@ from tensorflow.python.eager.polymorphic_function.polymorphic_function import Fu
 
 from gradprobe.errors import GradprobeError
 from gradprobe.policies import Policy
+from gradprobe.containment import GuardedHooks
 from gradprobe.session import Session, StopTraining
 from gradprobe.tensorflow.fit import FitHooks
 from gradprobe.tensorflow.naming import VariableNamer
@@ -111,7 +112,7 @@ class _Pending:
     replicas: int
 
 
-class TFRecorder:
+class TFRecorder(GuardedHooks):
     """Installs gradprobe's hooks into TensorFlow and Keras and feeds a :class:`~gradprobe.session.Session`.
 
     ``patch_fit``: add a :class:`~gradprobe.tensorflow.fit.FitHooks` callback
@@ -131,7 +132,6 @@ class TFRecorder:
         self.patch_fit = patch_fit
         self.streams: dict[int, tuple[Any, TFStream | None]] = {}
         self.host_flushing = 0
-        self.disabled = False
         self.stop_requested = False
         self.xla_streams = False
         self._calls = 0
@@ -323,34 +323,12 @@ class TFRecorder:
 
         self._patch(TensorFlowTrainer, "fit", fit)
 
-    # -- error containment --------------------------------------------------------------
-
-    def _guard(self, fn: Callable) -> Callable:
-        """Run ``fn`` so that its failures never reach the training loop."""
-
-        @functools.wraps(fn)
-        def guarded(*args, **kwargs):
-            if self.disabled:
-                return None
-            try:
-                return fn(*args, **kwargs)
-            except StopTraining:
-                raise
-            except Exception as exc:
-                self._report(exc, getattr(fn, "__name__", "hook").strip("_"))
-                return None
-
-        return guarded
+    # -- warnings -------------------------------------------------------------------------
 
     def _warn_once(self, message: str) -> None:
         if message not in self._warned:
             self._warned.add(message)
             print(f"gradprobe: {message}", file=sys.stderr)
-
-    def _report(self, exc: Exception, where: str) -> None:
-        self.disabled = True
-        print(f"gradprobe: internal error in {where} ({type(exc).__name__}: {exc}); "
-              "recording stopped, training continues", file=sys.stderr)
 
     # -- optimizer steps ----------------------------------------------------------------
 
