@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 
@@ -208,7 +209,18 @@ def test_skip_policy_leaves_parameters_and_optimizer_state_untouched(tmp_path, f
     assert steps["global_norm_post"][spike] == 0
 
 
-def test_manual_update_loop_is_clipped_after_backward(tmp_path):
+@pytest.fixture
+def optimizer_garbage():
+    """An optimizer nobody holds any more, kept alive only by a reference cycle until the next collection."""
+    gc.disable()
+    optimizer = torch.optim.SGD([torch.zeros(3, requires_grad=True)], lr=0.1)
+    optimizer.cycle = optimizer
+    del optimizer
+    yield
+    gc.enable()
+
+
+def test_manual_update_loop_is_clipped_after_backward(tmp_path, optimizer_garbage):
     torch.manual_seed(0)
     w = torch.randn(5, requires_grad=True)
     x, y = torch.randn(64, 5), 50 * torch.randn(64)

@@ -69,6 +69,7 @@ class TorchRecorder(GuardedHooks):
     def install(self) -> "TorchRecorder":
         """Register the hooks and patches; idempotent per recorder."""
         self.session.set_framework("torch", torch.__version__)
+        gc.collect()  # optimizers that are already garbage must not turn off per-backward recording
         self.optimizer_exists = any(
             issubclass(type(o), torch.optim.Optimizer) and self._updates_watched(o) for o in gc.get_objects()
         )
