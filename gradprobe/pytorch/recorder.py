@@ -43,6 +43,17 @@ from gradprobe.containment import GuardedHooks
 from gradprobe.session import Session, StopTraining
 
 
+_installed: list["TorchRecorder"] = []  # recorders installed in this process, newest last
+
+
+def active_recorder() -> "TorchRecorder | None":
+    """The recorder installed last in this process that is still recording, if any."""
+    for recorder in reversed(_installed):
+        if not recorder.disabled and not recorder.session.closed:
+            return recorder
+    return None
+
+
 class TorchRecorder(GuardedHooks):
     """Installs gradprobe's hooks into torch and feeds a :class:`~gradprobe.session.Session`."""
 
@@ -132,11 +143,15 @@ class TorchRecorder(GuardedHooks):
 
         self._patch(clip_grad, "clip_grad_norm_", clip_grad_norm_)
         self._patch(torch.nn.utils, "clip_grad_norm_", clip_grad_norm_)
+        if self not in _installed:
+            _installed.append(self)
         return self
 
     def remove(self) -> None:
         """Flush what is buffered and undo every hook and patch."""
         self.flush()
+        if self in _installed:
+            _installed.remove(self)
         for handle in self._handles:
             handle.remove()
         for owner, attr, original in reversed(self._patches):

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import gc
 import sys
-import weakref
 from typing import Any, Mapping
 
 import numpy as np
 import torch
-import torch.optim.optimizer as optimizer_hooks
 
 from gradprobe.errors import GradprobeError
-
-_recorder: "weakref.ref | None" = None
-_hooks_seen: tuple = ()
-
 
 def shared_params(shared: Any) -> list[torch.Tensor]:
     """The trainable tensors of ``shared`` (a module or an iterable of tensors), each once."""
@@ -68,20 +61,7 @@ def gram(losses: Mapping[str, torch.Tensor], shared: Any, tape: Any = None) -> n
 
 
 def active_session() -> Any | None:
-    """The session of the PyTorch recorder installed in this process (``None`` when nothing records).
-
-    The recorder is looked up once and again only when the global optimizer hooks change."""
-    global _recorder, _hooks_seen
+    """The session of the PyTorch recorder recording in this process (``None`` when nothing records)."""
     module = sys.modules.get("gradprobe.pytorch.recorder")
-    if module is None:
-        return None
-    recorder = _recorder() if _recorder is not None else None
-    hooks = tuple(optimizer_hooks._global_optimizer_pre_hooks)  # handle ids: new on every install
-    if (recorder is None or not recorder._handles) and hooks != _hooks_seen:
-        _hooks_seen = hooks
-        installed = [o for o in gc.get_objects() if type(o) is module.TorchRecorder and o._handles]
-        recorder = installed[-1] if installed else None
-        _recorder = weakref.ref(recorder) if recorder is not None else None
-    if recorder is None or not recorder._handles or recorder.disabled or recorder.session.closed:
-        return None
-    return recorder.session
+    recorder = module.active_recorder() if module is not None else None
+    return recorder.session if recorder is not None else None
