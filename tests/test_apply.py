@@ -21,6 +21,7 @@ from gradprobe import load_run
 from gradprobe.errors import GradprobeError
 from gradprobe.source_patch import PatchRefused, SourcePatch, patch_source
 from conftest import run_cli
+from writeup_snippets import CLIP_HELPER
 
 
 def patch(source: str, spec: str) -> str:
@@ -218,18 +219,7 @@ import torch.nn as nn
 import torch.optim as optim
 
 
-def gradient_clipping(model, max_norm=1.0):
-    parameters = model.parameters()
-    nparams = sum([np.prod(p.size()) for p in parameters])
-    if nparams > 1e6:
-        return
-    gradients = []
-    for p in parameters:
-        if p.grad is not None:
-            gradients.append(p.grad)
-    norm = torch.nn.utils.clip_grad_norm_(gradients, max_norm)
-    return norm
-
+''' + CLIP_HELPER + '''
 
 torch.manual_seed(0)
 model = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 16), nn.ReLU(), nn.Linear(16, 10))

@@ -21,6 +21,7 @@ import gradprobe
 from gradprobe.analysis.task_conflict import read_tasks
 from gradprobe.cli.app import app
 from tests.conftest import REPO, run_cli
+from tests.writeup_snippets import CLIP_HELPER
 
 EXAMPLES = REPO / "examples"
 
@@ -161,31 +162,21 @@ def test_multitask_balanced_losses_clear_the_task_finding(tmp_path: Path):
     assert len(read_tasks(balanced)) == len(read_tasks(dominated))
 
 
-BUGGY_CLIP = """
-    import numpy as np
-    import torch
-    from torch import nn
+BUGGY_CLIP = """\
+import numpy as np
+import torch
+from torch import nn
 
-    def gradient_clipping(model, max_norm=1.0):  # the sum consumes the generator: nothing is clipped
-        parameters = model.parameters()
-        nparams = sum([np.prod(p.size()) for p in parameters])
-        if nparams > 1e6:
-            return
-        gradients = []
-        for p in parameters:
-            if p.grad is not None:
-                gradients.append(p.grad)
-        return torch.nn.utils.clip_grad_norm_(gradients, max_norm)
-
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    x, y = torch.randn(256, 8), torch.randn(256, 1)
-    for step in range(30):
-        optimizer.zero_grad()
-        nn.functional.mse_loss(model(x), y).backward()
-        gradient_clipping(model, max_norm=1e-3)
-        optimizer.step()
+""" + CLIP_HELPER + """
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1))
+optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+x, y = torch.randn(256, 8), torch.randn(256, 1)
+for step in range(30):
+    optimizer.zero_grad()
+    nn.functional.mse_loss(model(x), y).backward()
+    gradient_clipping(model, max_norm=1e-3)
+    optimizer.step()
 """
 
 
