@@ -35,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gradprobe  # noqa: E402
-from gradprobe.session import DEFAULT_FLUSH_EVERY  # noqa: E402
+from gradprobe.recording.session import DEFAULT_FLUSH_EVERY  # noqa: E402
 from models import WORKLOADS, Workload  # noqa: E402
 
 CLIP = 1.0

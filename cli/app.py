@@ -16,6 +16,7 @@ from gradprobe.cli.export_command import export
 from gradprobe.cli.launch import SCRIPT_CONTEXT, profile, run
 from gradprobe.cli.tune_command import tune
 from gradprobe.errors import GradprobeError
+from gradprobe.policies import strategies
 from gradprobe.store import DEFAULT_ROOT
 
 app = typer.Typer(
@@ -123,15 +124,8 @@ def report(
     _deliver(text, output)
 
 
-class Strategy(str, Enum):
-    """Recommendation strategies of ``recommend``."""
-
-    percentile = "percentile"
-    autoclip = "autoclip"
-    zclip = "zclip"
-    agc = "agc"
-    value = "value"
-    layer = "layer"
+# Recommendation strategies of ``recommend``, as the policy registry lists them.
+Strategy = Enum("Strategy", {name: name for name in strategies()}, type=str)
 
 
 @app.command()

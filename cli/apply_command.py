@@ -39,7 +39,7 @@ def apply(
     line and reason is printed and the script is left unchanged. Apply the
     diff with [bold]--write[/bold], or with [bold]patch -p0[/bold].
     """
-    from gradprobe.recommendation_file import load_recommended_spec
+    from gradprobe.store.recommendation_file import load_recommended_spec
     from gradprobe.source_patch import patch_file, write_patch
 
     if (clip is None) == (from_file is None):

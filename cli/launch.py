@@ -12,7 +12,7 @@ from typing import List, Optional
 import typer
 
 from gradprobe.errors import GradprobeError
-from gradprobe.session import DEFAULT_EVERY, DEFAULT_FLUSH_EVERY
+from gradprobe.recording.session import DEFAULT_EVERY, DEFAULT_FLUSH_EVERY
 from gradprobe.store import DEFAULT_ROOT
 
 SCRIPT_CONTEXT = {"allow_interspersed_args": False}
@@ -65,7 +65,7 @@ def launch(script: str, args: Optional[List[str]], out: Path, name: Optional[str
     """Check everything, run the script under a session (or under N ranks), and exit as the script did."""
     from gradprobe.launcher import check_script, reraise_signal, run_script
     from gradprobe.reports.live import live_view
-    from gradprobe.session import Sampling, Session
+    from gradprobe.recording.session import Sampling, Session
 
     check_script(script)
     args_list = script_args(args)
@@ -126,7 +126,7 @@ def run(
     threshold of every step.
     """
     from gradprobe.policies import parse_spec
-    from gradprobe.recommendation_file import load_recommended_spec
+    from gradprobe.store.recommendation_file import load_recommended_spec
 
     if (clip is None) == (clip_from is None):
         raise GradprobeError("give exactly one of --clip SPEC or --clip-from FILE")

@@ -9,9 +9,9 @@ imports neither torch nor TensorFlow.
 """
 
 from gradprobe._version import __version__
-from gradprobe.api import Recording, watch
+from gradprobe.api import Recording, clipper, watch
 from gradprobe.errors import GradprobeError, RunFormatError
-from gradprobe.policies import clipper, parse_spec
+from gradprobe.policies import parse_spec
 from gradprobe.store import Run, list_runs, load_run
 from gradprobe.tasks import TaskGradients, task_gradients
 

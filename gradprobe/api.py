@@ -1,4 +1,4 @@
-"""The Python API for people who own their training loop."""
+"""The Python API for people who own their training loop: :func:`watch` and :func:`clipper`."""
 
 from __future__ import annotations
 
@@ -6,12 +6,15 @@ import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
-from gradprobe.session import DEFAULT_EVERY, DEFAULT_FLUSH_EVERY, DEFAULT_FLUSH_SECONDS, Sampling, Session
-from gradprobe.session import StopTraining, describe_exception
-from gradprobe.policies import Policy
+from gradprobe.policies import Policy, as_policy
+from gradprobe.recording.session import DEFAULT_EVERY, DEFAULT_FLUSH_EVERY, DEFAULT_FLUSH_SECONDS, Sampling, Session
+from gradprobe.recording.session import StopTraining, describe_exception
 from gradprobe.store import DEFAULT_ROOT, Run, load_run
+
+if TYPE_CHECKING:
+    from gradprobe.pytorch.clip import TorchClipper
 
 
 class Recording:
@@ -111,3 +114,16 @@ def watch(
         for recorder in session.recorders:
             recorder.remove()
         session.close(status, error=error, stop_reason=reason)
+
+
+def clipper(spec: "str | Policy") -> "TorchClipper":
+    """A PyTorch clipper for ``spec``: ``norm, scale = clipper(model.parameters())``.
+
+    The spec is checked immediately (a bad spec raises
+    :class:`~gradprobe.errors.GradprobeError` before any training). See
+    :class:`~gradprobe.pytorch.clip.TorchClipper`.
+    """
+    policy = as_policy(spec)
+    from gradprobe.pytorch.clip import TorchClipper
+
+    return TorchClipper(policy)

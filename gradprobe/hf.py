@@ -30,20 +30,15 @@ mark it ``crashed``.
 from __future__ import annotations
 
 import atexit
-import os
 import sys
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from gradprobe.errors import GradprobeError
-from gradprobe.policies import Policy, parse_spec
-from gradprobe.run_options import RunOptions
-from gradprobe.session import DEFAULT_EVERY, DEFAULT_FLUSH_EVERY, DEFAULT_FLUSH_SECONDS
-from gradprobe.store import DEFAULT_ROOT
-from gradprobe.trainer_recording import TrainerRecording
+from gradprobe.policies import parse_spec
+from gradprobe.pytorch.trainer import TrainerCallbackBase, TrainerHooks
 
 try:
     from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
@@ -86,15 +81,14 @@ def _torch_optimizer(optimizer: Any) -> torch.optim.Optimizer:
     return inner if isinstance(inner, torch.optim.Optimizer) else optimizer
 
 
-class GradProbeCallback(TrainerCallback):
+class GradProbeCallback(TrainerCallbackBase, TrainerCallback):
     """Record gradient statistics (and optionally clip) during ``Trainer.train``.
 
-    ``out``: folder for run directories; ``name``: the run's folder name
-    (default: timestamped); ``every``: per-layer statistics every N optimizer
-    steps (global norm, loss and clip scale every step); ``clip``: a clip
-    policy spec that replaces the Trainer's ``max_grad_norm`` clipping.
-    ``path`` is the run directory once training has started; it is printed on
-    stderr when training starts and ends.
+    Options as for :class:`~gradprobe.pytorch.trainer.TrainerCallbackBase`
+    (``out``, ``every``, ``name``, ``clip`` replacing the Trainer's
+    ``max_grad_norm`` clipping, ``flush_every``, ``flush_seconds``). ``path``
+    is the run directory once training has started; it is printed on stderr
+    when training starts and ends.
 
     Example::
 
@@ -104,22 +98,9 @@ class GradProbeCallback(TrainerCallback):
         run = gradprobe.load_run(probe.path)
     """
 
-    def __init__(
-        self,
-        out: str | os.PathLike = DEFAULT_ROOT,
-        every: int = DEFAULT_EVERY,
-        name: str | None = None,
-        clip: "str | Policy | None" = None,
-        flush_every: int = DEFAULT_FLUSH_EVERY,
-        flush_seconds: float = DEFAULT_FLUSH_SECONDS,
-    ):
-        self.options = RunOptions.parse(out, name, every, flush_every, flush_seconds, clip)
-        self.recording: TrainerRecording | None = None
-        self.path: Path | None = None
-        self._loss = _StepLoss()
-        self._loss_hook: Any = None
-        self._trainer_clip: tuple[Any, float] | None = None
-        self._announce = True
+    _loss_hook: Any = None  # the forward hook that collects the model's losses during train()
+    _trainer_clip: tuple[Any, float] | None = None  # (args, max_grad_norm) while gradprobe clips in its place
+    _announce = True
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                        model: torch.nn.Module | None = None, **kwargs: Any) -> None:
@@ -133,7 +114,7 @@ class GradProbeCallback(TrainerCallback):
                       file=sys.stderr)
             self._trainer_clip = (args, args.max_grad_norm)
             args.max_grad_norm = 0.0
-        self.recording = TrainerRecording({type(model).__name__: model}, self.options.session(policy))
+        self.recording = TrainerHooks({type(model).__name__: model}, self.options.session(policy))
         self.path = self.recording.path
         self._loss = _StepLoss()
         self._loss_hook = model.register_forward_hook(self.recording.guard(self._loss.forward_hook),

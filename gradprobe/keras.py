@@ -23,8 +23,8 @@ import os
 from pathlib import Path
 
 from gradprobe.policies import Policy
-from gradprobe.run_options import RunOptions
-from gradprobe.session import DEFAULT_EVERY, DEFAULT_FLUSH_EVERY, DEFAULT_FLUSH_SECONDS
+from gradprobe.recording.options import SessionOptions
+from gradprobe.recording.session import DEFAULT_EVERY, DEFAULT_FLUSH_EVERY, DEFAULT_FLUSH_SECONDS
 from gradprobe.store import DEFAULT_ROOT
 from gradprobe.tensorflow.fit import FitHooks
 from gradprobe.tensorflow.naming import VariableNamer
@@ -45,7 +45,7 @@ class GradProbe(FitHooks):
                  every: int = DEFAULT_EVERY, flush_every: int = DEFAULT_FLUSH_EVERY,
                  flush_seconds: float = DEFAULT_FLUSH_SECONDS, clip: "str | Policy | None" = None):
         super().__init__()
-        self.options = RunOptions.parse(out, name, every, flush_every, flush_seconds, clip)
+        self.options = SessionOptions.parse(out, name, every, flush_every, flush_seconds, clip)
         self.path: Path | None = None
         self._lent_to: TFRecorder | None = None
 

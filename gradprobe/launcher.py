@@ -7,7 +7,7 @@ gradprobe's. Framework adapters attach when the script imports the framework.
 The run is flushed and closed however the script ends: normally,
 ``sys.exit(n)``, an exception, ``--max-steps``, SIGINT or SIGTERM. Only this
 process is recorded: child processes run without gradprobe
-(:mod:`gradprobe.children`).
+(:mod:`gradprobe.recording.forked_children`).
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from importlib.machinery import SourceFileLoader
 from pathlib import Path
 from typing import Callable, Sequence
 
-from gradprobe import interrupts
-from gradprobe.children import ChildProcesses
+from gradprobe.recording import deferred_signals
+from gradprobe.recording.forked_children import ChildProcesses
 from gradprobe.errors import GradprobeError
-from gradprobe.importhooks import PostImportHooks
-from gradprobe.seeding import seeded
-from gradprobe.session import Session, StopTraining, describe_exception
+from gradprobe.recording.post_import import PostImportHooks
+from gradprobe.recording.seeding import seeded
+from gradprobe.recording.session import Session, StopTraining, describe_exception
 
 
 class _Terminated(BaseException):
@@ -104,7 +104,7 @@ def _attachments(session: Session) -> dict[str, Callable[[object], None]]:
 
 def run_script(session: Session, script: str, args: Sequence[str], seed: int | None = None) -> Outcome:
     """Execute ``script`` with ``args`` under ``session``; always closes the session.
-    ``seed`` seeds Python, NumPy, PyTorch and TensorFlow (:mod:`gradprobe.seeding`)."""
+    ``seed`` seeds Python, NumPy, PyTorch and TensorFlow (:mod:`gradprobe.recording.seeding`)."""
     path = check_script(script)
     hooks = PostImportHooks(seeded(_attachments(session), seed)).install()
     children = ChildProcesses(session).install()
@@ -115,11 +115,11 @@ def run_script(session: Session, script: str, args: Sequence[str], seed: int | N
         sys.path[0] = script_dir
     else:
         sys.path.insert(0, script_dir)
-    previous_term = interrupts.install(signal.SIGTERM, _raise_terminated)
+    previous_term = deferred_signals.install(signal.SIGTERM, _raise_terminated)
     # Ctrl-C keeps Python's own handler, deferred; a SIGINT the parent set to be ignored stays ignored.
     own_sigint = signal.getsignal(signal.SIGINT) is signal.default_int_handler
     if own_sigint:
-        interrupts.install(signal.SIGINT, signal.default_int_handler)
+        deferred_signals.install(signal.SIGINT, signal.default_int_handler)
     try:
         outcome = _execute(path)
     finally:

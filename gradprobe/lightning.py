@@ -24,19 +24,14 @@ the norms before it.
 
 from __future__ import annotations
 
-import os
 import sys
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from gradprobe.errors import GradprobeError
-from gradprobe.policies import Policy, parse_spec
-from gradprobe.run_options import RunOptions
-from gradprobe.session import DEFAULT_EVERY, DEFAULT_FLUSH_EVERY, DEFAULT_FLUSH_SECONDS
-from gradprobe.store import DEFAULT_ROOT
-from gradprobe.trainer_recording import TrainerRecording
+from gradprobe.policies import parse_spec
+from gradprobe.pytorch.trainer import TrainerCallbackBase, TrainerHooks
 
 try:
     import lightning.pytorch as pl
@@ -62,14 +57,12 @@ def _unscaled_loss(loss: torch.Tensor, trainer: "pl.Trainer") -> torch.Tensor:
     return loss.detach() / scaler._get_scale_async()  # the scale tensor, read without a host sync
 
 
-class GradProbe(pl.Callback):
+class GradProbe(TrainerCallbackBase, pl.Callback):
     """Record gradient statistics (and optionally clip) during ``Trainer.fit``.
 
-    ``out``: folder for run directories; ``name``: the run's folder name
-    (default: timestamped); ``every``: per-layer statistics every N optimizer
-    steps (global norm, loss and clip scale every step); ``clip``: a clip
-    policy spec applied right before each optimizer step. ``path`` is the run
-    directory once fitting has started.
+    Options as for :class:`~gradprobe.pytorch.trainer.TrainerCallbackBase`
+    (``out``, ``every``, ``name``, ``clip``, ``flush_every``,
+    ``flush_seconds``); ``path`` is the run directory once fitting has started.
 
     Example::
 
@@ -79,19 +72,7 @@ class GradProbe(pl.Callback):
         run = gradprobe.load_run(probe.path)
     """
 
-    def __init__(
-        self,
-        out: str | os.PathLike = DEFAULT_ROOT,
-        every: int = DEFAULT_EVERY,
-        name: str | None = None,
-        clip: "str | Policy | None" = None,
-        flush_every: int = DEFAULT_FLUSH_EVERY,
-        flush_seconds: float = DEFAULT_FLUSH_SECONDS,
-    ):
-        self.options = RunOptions.parse(out, name, every, flush_every, flush_seconds, clip)
-        self.recording: TrainerRecording | None = None
-        self.path: Path | None = None
-        self._lightning_clip: Any = None
+    _lightning_clip: Any = None  # the trainer's gradient_clip_val while gradprobe clips in its place
 
     def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         policy = self.options.policy
@@ -107,7 +88,7 @@ class GradProbe(pl.Callback):
                       file=sys.stderr)
             self._lightning_clip = trainer.gradient_clip_val
             trainer.gradient_clip_val = None
-        self.recording = TrainerRecording({type(pl_module).__name__: pl_module},
+        self.recording = TrainerHooks({type(pl_module).__name__: pl_module},
                                           self.options.session(policy))
         self.path = self.recording.path
 

@@ -27,7 +27,7 @@ from gradprobe.analysis.live_checks import LiveChecks
 from gradprobe.reports.escape import terminal as escape
 from gradprobe.reports.sparkline import sparkline
 from gradprobe.reports.terminal import SEVERITY_STYLE, fmt
-from gradprobe.session import Session
+from gradprobe.recording.session import Session
 
 RECENT = 1000
 SPARK_WIDTH = 30

@@ -19,7 +19,7 @@ from rich.console import Console
 
 import gradprobe
 from gradprobe.errors import GradprobeError, RunFormatError
-from gradprobe.recommendation_file import load_recommended_spec
+from gradprobe.store.recommendation_file import load_recommended_spec
 from gradprobe.reports.json_report import render_json
 from gradprobe.reports.markdown import render_markdown
 from gradprobe.reports.summary import build_report

@@ -17,8 +17,8 @@ from torch import nn
 import gradprobe
 from gradprobe.analysis import diagnose
 from gradprobe.analysis import rank_divergence
-from gradprobe.analysis.streams import split_streams
-from gradprobe.buffers import STEP_COLUMNS, steps_columns
+from gradprobe.store.streams import split_streams
+from gradprobe.store.columns import STEP_COLUMNS, steps_columns
 from gradprobe.store.shards import combine_layers, combine_steps
 from gradprobe.store.writer import RunWriter
 from conftest import REPO, run_cli

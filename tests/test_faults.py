@@ -432,7 +432,7 @@ def test_a_model_without_trainable_parameters_is_explained(tmp_path):
 
 
 def _session_with_steps(tmp_path: Path):
-    from gradprobe.session import Session
+    from gradprobe.recording.session import Session
 
     session = Session(out=tmp_path / "runs", script="train.py")
     session.add_layers([{"name": "w", "group": "w", "shape": [2], "numel": 2, "dtype": "float32", "optimizer": 0}])

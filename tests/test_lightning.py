@@ -243,14 +243,14 @@ def test_bad_clip_spec_fails_before_training():
 
 
 def test_an_internal_error_stops_recording_but_training_goes_on(tmp_path, monkeypatch, capsys):
-    from gradprobe.pytorch.stream import Stream
+    from gradprobe.pytorch.step_buffer import StepBuffer
 
     def broken(self, grad_scale=None):
         raise RuntimeError("measure failed")
 
     reference = Regressor()
     _trainer([], gradient_clip_val=0.02).fit(reference, _loader())
-    monkeypatch.setattr(Stream, "measure", broken)
+    monkeypatch.setattr(StepBuffer, "measure", broken)
     model = Regressor()
     probe = GradProbe(out=tmp_path, every=1)
     trainer = _trainer([probe], gradient_clip_val=0.02)

@@ -18,7 +18,7 @@ from rich.console import Console
 from gradprobe.analysis.live_checks import LiveChecks
 from gradprobe.analysis.spike import find_spikes
 from gradprobe.reports.live import LiveView
-from gradprobe.session import Session
+from gradprobe.recording.session import Session
 
 SPIKE_AT, NAN_AT, STEPS, FLUSH = 150, 260, 300, 37
 

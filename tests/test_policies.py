@@ -15,9 +15,10 @@ from hypothesis import strategies as st
 import gradprobe
 from gradprobe.errors import GradprobeError
 from gradprobe.policies import (
-    AGC, POLICIES, AutoClip, Composite, GlobalNorm, LayerNorm, Skip, ZClip, clipper, parse_spec, replay_run, usage,
+    AGC, POLICIES, AutoClip, Composite, GlobalNorm, LayerNorm, Skip, ZClip, parse_spec, replay_run, usage,
 )
-from gradprobe.policies.torch_apply import apply_torch, init_state, step_unless_skipped
+from gradprobe import clipper
+from gradprobe.pytorch.clip import apply_torch, init_state, step_unless_skipped
 
 # -- spec grammar ----------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from gradprobe.policies import Gradients, NumpyOps, parse_spec
-from gradprobe.policies.torch_apply import apply_torch, init_state
+from gradprobe.pytorch.clip import apply_torch, init_state
 
 EPS = 1e-6
 
@@ -236,7 +236,7 @@ def run_tensorflow(spec, sequence, compiled=False):
     """TensorFlow in Keras layout (kernels stored (in, out)); ``compiled``: every step runs in one
     ``tf.function``, traced once, the policy's state living in variables across calls."""
     tf = pytest.importorskip("tensorflow")
-    from gradprobe.policies.tf_apply import TFClipper
+    from gradprobe.tensorflow.clip import TFClipper
 
     clipper = TFClipper(spec)
     variables = [tf.Variable(np.ascontiguousarray(p.T)) for p in PARAMS]
@@ -333,7 +333,7 @@ def live_torch(spec, sequence):
 
 def live_tensorflow(spec, sequence):
     tf = pytest.importorskip("tensorflow")
-    from gradprobe.policies.tf_apply import TFClipper
+    from gradprobe.tensorflow.clip import TFClipper
 
     clipper = TFClipper(spec)
     step = tf.function(lambda grads: clipper.clip(grads)[1])

@@ -10,7 +10,7 @@ import pytest
 
 import gradprobe
 from gradprobe.errors import GradprobeError, RunFormatError
-from gradprobe.session import Sampling, Session
+from gradprobe.recording.session import Sampling, Session
 from gradprobe.store.schema import FORMAT_VERSION
 
 

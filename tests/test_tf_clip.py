@@ -180,7 +180,7 @@ def test_xla_loop_with_loss_scaling_clips_the_unscaled_gradients(tmp_path):
 
 
 def test_a_failing_hook_reports_once_and_training_goes_on_unchanged(tmp_path, monkeypatch, capsys):
-    from gradprobe.tensorflow.stream import TFStream
+    from gradprobe.tensorflow.step_buffer import TFStepBuffer
 
     def reference():
         model, x, y = model_and_data(8)
@@ -190,7 +190,7 @@ def test_a_failing_hook_reports_once_and_training_goes_on_unchanged(tmp_path, mo
         return weights(model)
 
     expected = reference()
-    monkeypatch.setattr(TFStream, "record", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr(TFStepBuffer, "record", lambda *a, **k: 1 / 0)
     with recording(tmp_path, clip="global-norm:max=1000") as session:
         actual = reference()
     for a, b in zip(actual, expected):
@@ -202,7 +202,7 @@ def test_a_failing_hook_reports_once_and_training_goes_on_unchanged(tmp_path, mo
 
 
 def test_tf_clipper_in_a_loop_you_own():
-    from gradprobe.policies.tf_apply import TFClipper
+    from gradprobe.tensorflow.clip import TFClipper
 
     model, x, y = model_and_data(9)
     optimizer = keras.optimizers.SGD(LR)
@@ -228,3 +228,11 @@ def test_tf_clipper_in_a_loop_you_own():
         for a, b, g in zip(w0, weights(model), grads):
             np.testing.assert_allclose(b, a - LR * g * scale, rtol=1e-5, atol=1e-7)
     assert any(clipped)
+
+
+def test_tf_clipper_is_importable_from_every_documented_path():
+    from gradprobe.policies.tf_apply import TFClipper as former
+    from gradprobe.tensorflow import TFClipper as exported
+    from gradprobe.tensorflow.clip import TFClipper
+
+    assert former is TFClipper and exported is TFClipper

@@ -13,7 +13,7 @@ import pytest
 
 from test_tf_support import (assert_steps_match, global_norm, keras, load, norms, recording, relative_names, tf)
 
-from gradprobe.session import Session, StopTraining
+from gradprobe.recording.session import Session, StopTraining
 
 pytestmark = pytest.mark.tensorflow
 

@@ -20,7 +20,7 @@ tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
 from gradprobe import load_run  # noqa: E402
-from gradprobe.session import Sampling, Session  # noqa: E402
+from gradprobe.recording.session import Sampling, Session  # noqa: E402
 from gradprobe.tensorflow import TFRecorder, VariableNamer  # noqa: E402
 
 SUBPROCESS_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}

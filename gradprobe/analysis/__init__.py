@@ -10,7 +10,7 @@ from gradprobe.analysis.diagnose import diagnose
 from gradprobe.analysis.findings import KINDS, SEVERITIES, Finding
 from gradprobe.analysis.groups import parse_groups
 from gradprobe.analysis.recommend import STRATEGIES, Recommendation, recommend
-from gradprobe.analysis.streams import Stream, split_streams
+from gradprobe.store.streams import Stream, split_streams
 
 __all__ = ["KINDS", "SEVERITIES", "STRATEGIES", "Finding", "Recommendation", "Stream", "diagnose", "parse_groups",
            "recommend", "split_streams"]

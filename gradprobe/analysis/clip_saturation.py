@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from gradprobe.analysis.findings import Finding
-from gradprobe.analysis.streams import Stream
+from gradprobe.store.streams import Stream
 
 CLIPPED_SCALE = 0.999
 MIN_STEPS = 20

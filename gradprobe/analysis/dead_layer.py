@@ -20,7 +20,7 @@ import numpy as np
 
 from gradprobe.analysis.findings import Finding
 from gradprobe.analysis.robust import sustained_from
-from gradprobe.analysis.streams import Stream
+from gradprobe.store.streams import Stream
 
 DIED_MIN_FRACTION = 0.2
 DIED_MIN_POINTS = 5

@@ -10,7 +10,7 @@ from gradprobe.analysis import clip_saturation, dead_layer, explosion, imbalance
 from gradprobe.analysis import rank_divergence, vanishing
 from gradprobe.analysis.findings import Finding
 from gradprobe.analysis.groups import check_groups, parse_groups
-from gradprobe.analysis.streams import Stream, split_streams
+from gradprobe.store.streams import Stream, split_streams
 from gradprobe.store import Run
 
 DETECTORS: dict[str, Callable[[Stream], list[Finding]]] = {

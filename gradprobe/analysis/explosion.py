@@ -32,7 +32,7 @@ import numpy as np
 
 from gradprobe.analysis.findings import Finding, times, worst
 from gradprobe.analysis.robust import bin_medians, log10_norms, robust_sigma, sustained_from, theil_sen
-from gradprobe.analysis.streams import Stream
+from gradprobe.store.streams import Stream
 
 MIN_POINTS = 20
 BASELINE_FRACTION = 0.2

@@ -26,7 +26,7 @@ import numpy as np
 from gradprobe.analysis.findings import Finding, times
 from gradprobe.analysis.groups import assign_groups
 from gradprobe.analysis.robust import log10_norms, nanmedian
-from gradprobe.analysis.streams import Stream
+from gradprobe.store.streams import Stream
 
 GAP_DECADES = 2.0
 SUSTAINED_FRACTION = 0.2

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from gradprobe.analysis.findings import Finding
-from gradprobe.analysis.streams import Stream
+from gradprobe.store.streams import Stream
 
 SKIPPED_WARNING_FRACTION = 0.05
 

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from gradprobe.analysis.findings import Finding
-from gradprobe.analysis.streams import Stream
+from gradprobe.store.streams import Stream
 
 RELATIVE_TOLERANCE = 1e-3
 CRITICAL_FRACTION = 0.5

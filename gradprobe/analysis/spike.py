@@ -30,7 +30,7 @@ import pandas as pd
 
 from gradprobe.analysis.findings import Finding, times
 from gradprobe.analysis.robust import MAD_TO_SIGMA, log10_norms, nanmedian
-from gradprobe.analysis.streams import Stream
+from gradprobe.store.streams import Stream
 
 WINDOW = 100
 MIN_HISTORY = 20

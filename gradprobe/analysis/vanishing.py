@@ -33,7 +33,7 @@ import numpy as np
 
 from gradprobe.analysis.findings import Finding, sentence, times, worst
 from gradprobe.analysis.robust import log10_norms, nanmedian, theil_sen
-from gradprobe.analysis.streams import Stream
+from gradprobe.store.streams import Stream
 
 ATTENUATION_WARNING = 2.0
 ATTENUATION_CRITICAL = 4.0

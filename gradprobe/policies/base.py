@@ -27,6 +27,7 @@ from typing import Any, ClassVar, NamedTuple, Sequence
 import numpy as np
 
 from gradprobe.errors import GradprobeError
+from gradprobe.policies.history import History, Suggestion
 from gradprobe.policies.keys import Key, format_value
 from gradprobe.policies.ops import Array, NumpyOps, Ops
 from gradprobe.policies.replay import Replay, layer_inputs
@@ -96,12 +97,20 @@ class Gradients:
 
 
 class Policy:
-    """Base of every clip policy: spec keys, canonical spec text, state, application, replay."""
+    """Base of every clip policy: spec keys, canonical spec text, state, application, replay, and what
+    the policy's consumers ask of it (its suggestion from a recorded run, its tune candidates, the
+    framework settings that carry it out).
+
+    ``strategy`` names the policy among ``gradprobe recommend``'s strategies (None: never
+    recommended), with ``default_percentile`` the percentile its suggestion reads.
+    """
 
     name: ClassVar[str]
     KEYS: ClassVar[tuple[Key, ...]] = ()
     is_skip: ClassVar[bool] = False
     needs_params: ClassVar[bool] = False
+    strategy: ClassVar[str | None] = None
+    default_percentile: ClassVar[float | None] = None
 
     def __post_init__(self) -> None:
         for key in self.KEYS:
@@ -122,6 +131,25 @@ class Policy:
     def can_skip(self) -> bool:
         """Whether the policy may skip an update (a skip policy, alone or composed)."""
         return self.is_skip
+
+    @classmethod
+    def suggest(cls, history: History, p: float) -> Suggestion | None:
+        """A spec of this policy for the recorded ``history`` (``p``: the percentile to read), or None."""
+        return None
+
+    @classmethod
+    def tune_candidates(cls, history: History) -> list[tuple[str, str]]:
+        """The ``(label, spec)`` pairs of this policy that ``gradprobe tune`` tries on ``history``."""
+        return []
+
+    def torch_call(self) -> tuple[str, dict[str, float]] | None:
+        """The ``torch.nn.utils`` function that carries out this policy and its keyword arguments, or
+        None (a ``gradprobe.clipper`` carries it out)."""
+        return None
+
+    def keras_setting(self) -> tuple[str, float] | None:
+        """The Keras optimizer argument that carries out this policy, with its value, or None."""
+        return None
 
     def init_state(self, ops: Ops) -> State:
         """The state before the first step (arrays made by ``ops``)."""
@@ -157,6 +185,24 @@ class Policy:
 def result(g: Gradients, d: Decision, post_norm: Array, scale: Array) -> ClipResult:
     """A :class:`ClipResult` from a decision and the measured effect."""
     return ClipResult(g.norm, post_norm, scale, d.threshold, d.clipped, d.skipped, d.skip_threshold)
+
+
+def recorded_threshold(ops: Ops, outcome: ClipResult) -> Array:
+    """The threshold a run records for a step: the clip threshold, or the skip threshold where no clip
+    threshold is in force (a skip policy alone, or before a composed clip policy is armed)."""
+    return ops.where(ops.isnan(outcome.threshold), outcome.skip_threshold, outcome.threshold)
+
+
+def push_ring(ops: Ops, state: State, value: Array, add: Array, window: int) -> State:
+    """``state``'s ring of the last ``window`` values (``history``, ``count`` filled, next ``pos``)
+    with ``value`` written where ``add`` is true; the ring is unchanged where it is false."""
+    pos, filled = state["pos"], state["count"]
+    next_pos = ops.where(pos + 1.0 >= window, 0.0, pos + 1.0)
+    return {
+        "history": ops.where((ops.arange(window) == pos) & add, value, state["history"]),
+        "count": ops.where(add, ops.minimum(filled + 1.0, float(window)), filled),
+        "pos": ops.where(add, next_pos, pos),
+    }
 
 
 class GlobalPolicy(Policy):
@@ -245,8 +291,8 @@ class LayerPolicy(Policy):
 
     def replay(self, global_norms, layer_norms=None, layer_maxabs=None, param_norms=None, numel=None, steps=None):
         l2 = np.asarray(global_norms, dtype=np.float32)
-        norms, maxabs, pnorms, sizes, evaluated = layer_inputs(self, len(l2), layer_norms, layer_maxabs,
-                                                                param_norms, numel)
+        norms, maxabs, pnorms, sizes, evaluated = layer_inputs(str(self), self.replay_inputs, len(l2), layer_norms,
+                                                                layer_maxabs, param_norms, numel)
         n = len(l2)
         post = np.full(n, np.nan, dtype=np.float32)
         clipped = np.zeros(n, dtype=bool)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
-from gradprobe.policies.base import EPS, NAN, Decision, GlobalPolicy, Norms, State
+from gradprobe.policies.base import EPS, NAN, Decision, GlobalPolicy, Norms, State, push_ring
+from gradprobe.policies.history import History, Suggestion, percentile, spec_number
 from gradprobe.policies.keys import Key, count, positive
 from gradprobe.policies.ops import Ops
 
@@ -39,8 +41,31 @@ class GlobalNorm(GlobalPolicy):
 
     name: ClassVar[str] = "global-norm"
     KEYS: ClassVar = (positive("max", required=True), Key("norm", kind="choice", choices=("2", "inf"), default="2"))
+    strategy: ClassVar = "percentile"
+    default_percentile: ClassVar = 95.0
+    TUNE_PERCENTILES: ClassVar = (50.0, 90.0, 95.0, 99.0)
     max: float
     norm: str = "2"
+
+    @classmethod
+    def suggest(cls, history: History, p: float) -> Suggestion | None:
+        value = percentile(history.global_norms, p)
+        if not math.isfinite(value):
+            return None
+        why = (f"{p:g}th percentile of {history.global_norms.size} recorded pre-clip global norms{history.note}: "
+               f"clips the largest {100 - p:g}% of steps, leaves typical steps untouched.")
+        return Suggestion(f"{cls.name}:max={spec_number(value)}", why)
+
+    @classmethod
+    def tune_candidates(cls, history: History) -> list[tuple[str, str]]:
+        found = [(p, cls.suggest(history, p)) for p in cls.TUNE_PERCENTILES]
+        return [(f"{cls.name} p{p:g}", s.spec) for p, s in found if s is not None]
+
+    def torch_call(self) -> tuple[str, dict[str, float]]:
+        return "clip_grad_norm_", {"max_norm": self.max, **({"norm_type": math.inf} if self.norm == "inf" else {})}
+
+    def keras_setting(self) -> tuple[str, float] | None:
+        return ("global_clipnorm", self.max) if self.norm == "2" else None
 
     @property
     def uses_maxabs(self) -> bool:
@@ -86,9 +111,21 @@ class AutoClip(GlobalPolicy):
         count("warmup", 0, default=0),
         count("window", 1, default=1000),
     )
+    strategy: ClassVar = "autoclip"
+    default_percentile: ClassVar = 10.0  # the paper's
     p: float
     warmup: int = 0
     window: int = 1000
+
+    @classmethod
+    def suggest(cls, history: History, p: float) -> Suggestion:
+        why = (f"AutoClip (Seetharaman et al., 2020): clip to the {p:g}th percentile of the norms seen so far; "
+               "follows the norm as it drifts.")
+        return Suggestion(f"{cls.name}:p={p:g}", why)
+
+    @classmethod
+    def tune_candidates(cls, history: History) -> list[tuple[str, str]]:
+        return [("AutoClip", cls.suggest(history, cls.default_percentile).spec)]
 
     def init_state(self, ops: Ops) -> State:
         return {"history": ops.full(self.window, float("inf")), "count": ops.const(0.0),
@@ -97,12 +134,10 @@ class AutoClip(GlobalPolicy):
     def decide(self, ops: Ops, state: State, norms: Norms, active=True) -> tuple[Decision, State]:
         n = norms.l2
         add = active & ops.isfinite(n)
-        pos = state["pos"]
-        history = ops.where((ops.arange(self.window) == pos) & add, n, state["history"])
-        filled = ops.where(add, ops.minimum(state["count"] + 1.0, float(self.window)), state["count"])
+        ring = push_ring(ops, state, n, add, self.window)
+        history, filled = ring["history"], ring["count"]
         seen = ops.where(add, ops.minimum(state["seen"] + 1.0, self.warmup + 1.0), state["seen"])
-        next_pos = ops.where(pos + 1.0 >= self.window, 0.0, pos + 1.0)
-        new_state = {"history": history, "count": filled, "pos": ops.where(add, next_pos, pos), "seen": seen}
+        new_state = {**ring, "seen": seen}
 
         ordered = ops.sort(history)  # unfilled slots hold +inf and sort last
         last = ops.maximum(filled - 1.0, 0.0)
@@ -160,10 +195,21 @@ class ZClip(GlobalPolicy):
         count("warmup", 1, default=25),
         Key("mode", kind="choice", choices=("reciprocal", "threshold"), default="reciprocal"),
     )
+    strategy: ClassVar = "zclip"
     z: float = 2.5
     alpha: float = 0.97
     warmup: int = 25
     mode: str = "reciprocal"
+
+    @classmethod
+    def suggest(cls, history: History, p: float) -> Suggestion:
+        why = ("ZClip (Kumar et al., 2025): clip norms more than 2.5 running standard deviations above the "
+               "running mean (EMA, alpha 0.97); aimed at spikes.")
+        return Suggestion(f"{cls.name}:z={cls.z:g},alpha={cls.alpha:g}", why)
+
+    @classmethod
+    def tune_candidates(cls, history: History) -> list[tuple[str, str]]:
+        return [("ZClip", cls.suggest(history, 0.0).spec)]
 
     def init_state(self, ops: Ops) -> State:
         zero = ops.const(0.0)

@@ -10,6 +10,7 @@ import numpy as np
 
 from gradprobe.errors import GradprobeError
 from gradprobe.policies.base import EPS, Gradients, LayerPolicy
+from gradprobe.policies.history import History, Suggestion, round_sig, spec_number
 from gradprobe.policies.keys import positive
 from gradprobe.policies.ops import Array, Ops
 
@@ -32,7 +33,21 @@ class LayerNorm(LayerPolicy):
     name: ClassVar[str] = "layer-norm"
     KEYS: ClassVar = (positive("max", required=True),)
     replay_exact: ClassVar[bool] = True
+    strategy: ClassVar = "layer"
+    default_percentile: ClassVar = 95.0
     max: float
+
+    @classmethod
+    def suggest(cls, history: History, p: float) -> Suggestion | None:
+        value = history.largest(history.layer_norms, p)
+        if not math.isfinite(value):
+            return None
+        why = (f"{p:g}th percentile of each sampled step's largest per-parameter norm{history.layer_note}: bounds "
+               "every layer separately, so one layer cannot drown the others.")
+        return Suggestion(f"{cls.name}:max={spec_number(value)}", why, layer_threshold=round_sig(value))
+
+    def keras_setting(self) -> tuple[str, float]:
+        return "clipnorm", self.max
 
     def threshold(self) -> float:
         return self.max
@@ -88,7 +103,24 @@ class Value(_Clamp):
 
     name: ClassVar[str] = "value"
     KEYS: ClassVar = (positive("max", required=True),)
+    strategy: ClassVar = "value"
+    default_percentile: ClassVar = 95.0
     max: float
+
+    @classmethod
+    def suggest(cls, history: History, p: float) -> Suggestion | None:
+        value = history.largest(history.layer_maxabs, p)
+        if not math.isfinite(value):
+            return None
+        why = (f"{p:g}th percentile of each sampled step's largest gradient element{history.layer_note}; what-if "
+               "post-clip norm is an upper bound.")
+        return Suggestion(f"{cls.name}:max={spec_number(value)}", why)
+
+    def torch_call(self) -> tuple[str, dict[str, float]]:
+        return "clip_grad_value_", {"clip_value": self.max}
+
+    def keras_setting(self) -> tuple[str, float]:
+        return "clipvalue", self.max
 
     def threshold(self) -> float:
         return self.max
@@ -191,8 +223,21 @@ class AGC(LayerPolicy):
     KEYS: ClassVar = (positive("lambda", required=True, field="lam"), positive("eps", default=1e-3))
     REPLAY_INPUTS: ClassVar = frozenset({"layer_norms", "param_norms"})
     needs_params: ClassVar[bool] = True
+    strategy: ClassVar = "agc"
+    default_percentile: ClassVar = 95.0
     lam: float
     eps: float = 1e-3
+
+    @classmethod
+    def suggest(cls, history: History, p: float) -> Suggestion | None:
+        with np.errstate(divide="ignore", invalid="ignore"):  # weight norms floored at eps, as the policy does
+            ratios = history.layer_norms / np.maximum(history.param_norms, cls.eps)
+        value = history.largest(ratios, p)
+        if not math.isfinite(value):
+            return None
+        why = (f"AGC (Brock et al., 2021): lambda at the {p:g}th percentile of each sampled step's largest "
+               f"gradient/weight norm ratio{history.layer_note}; what-if estimated with each parameter as one unit.")
+        return Suggestion(f"{cls.name}:lambda={spec_number(value)}", why)
 
     def threshold(self) -> float:
         return self.lam

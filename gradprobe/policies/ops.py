@@ -3,7 +3,7 @@
 Every policy computes its thresholds and scales once, through an :class:`Ops`
 object, so the same code runs on numpy arrays (what-if replay on a recorded
 run, the reference applier) and on device tensors (live clipping, see
-:mod:`gradprobe.policies.torch_ops`). The math uses only element-wise
+:mod:`gradprobe.pytorch.clip`). The math uses only element-wise
 arithmetic, ``where``/``minimum``/``maximum`` and small reductions: no Python
 branch ever depends on an array's value, so a device backend never has to
 copy a value to the host. Scalars and state are float32, as on the device.
@@ -69,6 +69,10 @@ class Ops:
 
     def isfinite(self, x: Array) -> Array:
         """Element-wise finiteness test."""
+        raise NotImplementedError
+
+    def isnan(self, x: Array) -> Array:
+        """Element-wise NaN test."""
         raise NotImplementedError
 
     def floor(self, x: Array) -> Array:
@@ -174,6 +178,9 @@ class NumpyOps(Ops):
 
     def isfinite(self, x):
         return np.isfinite(x)
+
+    def isnan(self, x):
+        return np.isnan(x)
 
     def floor(self, x):
         return np.floor(x)

@@ -1,4 +1,4 @@
-"""What-if replay of a clip policy on a recorded run: the result type and the inputs it reads."""
+"""What a replay of a clip policy on recorded norms gives (:class:`Replay`), and the inputs it checks."""
 
 from __future__ import annotations
 
@@ -6,15 +6,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-import pandas as pd
 
 from gradprobe.errors import GradprobeError
 
 if TYPE_CHECKING:
-    from gradprobe.policies.base import Policy
-    from gradprobe.store import Run
+    import pandas as pd
 
-# The per-layer inputs a replay may need, by the name of the ``Policy.replay`` argument.
+# The per-layer inputs a replay may need: the ``Policy.replay`` argument and the recorded column.
 LAYER_INPUTS = {"layer_norms": "norm", "layer_maxabs": "maxabs", "param_norms": "param_norm"}
 
 
@@ -86,19 +84,23 @@ class Replay:
 
     def to_frame(self) -> pd.DataFrame:
         """The per-step arrays as a DataFrame indexed by step."""
+        import pandas as pd
+
         columns = ("norm", "threshold", "scale", "post_norm", "clipped", "skipped", "skip_threshold", "evaluated")
         return pd.DataFrame({c: getattr(self, c) for c in columns}, index=pd.Index(self.steps, name="step"))
 
 
-def layer_inputs(policy: "Policy", n: int, layer_norms: Any, layer_maxabs: Any, param_norms: Any,
+def layer_inputs(policy: str, needs: frozenset[str], n: int, layer_norms: Any, layer_maxabs: Any, param_norms: Any,
                  numel: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Validated per-layer replay inputs: norms, maxabs, param norms (steps x layers), numel, evaluated rows.
 
-    A step is evaluated when its row of ``layer_norms`` is not all NaN; inside
-    an evaluated row a NaN (that parameter had no gradient) counts as zero.
+    ``policy`` names the policy in errors; ``needs`` lists the arguments it
+    cannot do without. A step is evaluated when its row of ``layer_norms`` is
+    not all NaN; inside an evaluated row a NaN (that parameter had no
+    gradient) counts as zero.
     """
     given = {"layer_norms": layer_norms, "layer_maxabs": layer_maxabs, "param_norms": param_norms, "numel": numel}
-    missing = [name for name in sorted(policy.replay_inputs) if given[name] is None]
+    missing = [name for name in sorted(needs) if given[name] is None]
     if missing:
         raise GradprobeError(f"{policy}: replay needs {', '.join(missing)}")
     norms = np.asarray(layer_norms, dtype=np.float32)
@@ -119,29 +121,3 @@ def layer_inputs(policy: "Policy", n: int, layer_norms: Any, layer_maxabs: Any, 
         raise GradprobeError(f"{policy}: numel must have one entry per layer ({norms.shape[1]})")
     return (np.nan_to_num(norms, nan=0.0), grid(layer_maxabs, "layer_maxabs"), grid(param_norms, "param_norms"),
             sizes, evaluated)
-
-
-def replay_run(policy: "Policy", run: "Run", optimizer: int = 0, rank: int = 0) -> Replay:
-    """Replay ``policy`` on the steps that ``optimizer`` took on ``rank`` in a recorded run.
-
-    Global policies replay every step from the recorded pre-clip global norms;
-    policies that need per-layer statistics are evaluated on the steps where
-    those were recorded (every ``--every`` steps) and report ``evaluated``.
-    """
-    steps = run.steps
-    steps = steps[(steps["optimizer"] == optimizer) & (steps["rank"] == rank)].sort_values("step")
-    if steps.empty:
-        raise GradprobeError(f"{run.name}: no steps recorded for optimizer {optimizer} on rank {rank}")
-    step_index = steps["step"].to_numpy()
-    inputs: dict[str, Any] = {}
-    if policy.replay_inputs:
-        table = run.layer_table[run.layer_table["optimizer"] == optimizer]
-        layers = run.layers
-        layers = layers[(layers["optimizer"] == optimizer) & (layers["rank"] == rank)]
-        grouped = layers.groupby(["step", "layer"])
-        for name, column in LAYER_INPUTS.items():
-            grid = grouped[column].first().unstack("layer")
-            grid = grid.reindex(index=step_index, columns=table["id"].to_numpy())
-            inputs[name] = grid.to_numpy(dtype=np.float32, na_value=np.nan)
-        inputs["numel"] = table["numel"].to_numpy(dtype=np.float64)
-    return policy.replay(steps["global_norm"].to_numpy(dtype=np.float32), steps=step_index, **inputs)

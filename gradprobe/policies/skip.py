@@ -8,7 +8,7 @@ from typing import ClassVar
 import numpy as np
 
 from gradprobe.errors import GradprobeError
-from gradprobe.policies.base import NAN, ClipResult, Decision, GlobalPolicy, Norms, Policy, State
+from gradprobe.policies.base import NAN, ClipResult, Decision, GlobalPolicy, Norms, Policy, State, push_ring
 from gradprobe.policies.keys import count, positive
 from gradprobe.policies.ops import Ops
 from gradprobe.policies.replay import Replay
@@ -27,7 +27,7 @@ class Skip(GlobalPolicy):
     ``window``, i.e. a full window). A skipped step has scale 0 and its norm
     does not enter the window, so one spike cannot raise the bar for the next.
     How the optimizer step itself is prevented is the applier's job (see
-    :mod:`gradprobe.policies.torch_apply`): a zero gradient alone still lets
+    :mod:`gradprobe.pytorch.clip`): a zero gradient alone still lets
     momentum and weight decay move the parameters.
 
     Args:
@@ -64,7 +64,7 @@ class Skip(GlobalPolicy):
 
     def decide(self, ops: Ops, state: State, norms: Norms, active=True) -> tuple[Decision, State]:
         n = norms.l2
-        history, filled, pos = state["history"], state["count"], state["pos"]
+        history, filled = state["history"], state["count"]
         index = ops.arange(self.window)
         valid = index < filled
         size = ops.maximum(filled, 1.0)
@@ -75,13 +75,7 @@ class Skip(GlobalPolicy):
         armed = filled >= self.warmup
         skipped = ~ops.isfinite(n) | (armed & (n > limit))
 
-        add = active & ~skipped
-        next_pos = ops.where(pos + 1.0 >= self.window, 0.0, pos + 1.0)
-        new_state = {
-            "history": ops.where((index == pos) & add, n, history),
-            "count": ops.where(add, ops.minimum(filled + 1.0, float(self.window)), filled),
-            "pos": ops.where(add, next_pos, pos),
-        }
+        new_state = push_ring(ops, state, n, active & ~skipped, self.window)
         scale = ops.where(skipped, 0.0, 1.0)
         decision = Decision(ops.const(NAN), scale, ops.flag(False), skipped, ops.where(armed, limit, NAN))
         return decision, new_state

@@ -7,14 +7,9 @@ import re
 
 from gradprobe.errors import GradprobeError
 from gradprobe.policies.base import Policy
-from gradprobe.policies.global_norm import AutoClip, GlobalNorm, ZClip
 from gradprobe.policies.keys import Key, format_value
-from gradprobe.policies.layerwise import AGC, LayerNorm, ScaledValue, Sign, Value
-from gradprobe.policies.skip import Skip, compose
-
-POLICIES: dict[str, type[Policy]] = {
-    cls.name: cls for cls in (GlobalNorm, LayerNorm, Value, ScaledValue, Sign, AutoClip, ZClip, AGC, Skip)
-}
+from gradprobe.policies.registry import POLICIES
+from gradprobe.policies.skip import compose
 
 # A '+' starts a new policy only when a name follows, so exponents like 1e+3 stay numbers.
 _PARTS = re.compile(r"\+(?=\s*[A-Za-z])")
@@ -51,6 +46,11 @@ def parse_spec(text: str) -> Policy:
     if not text.strip():
         raise GradprobeError(f"empty clip spec; expected NAME[:key=value,...] with NAME one of {', '.join(POLICIES)}")
     return compose([_parse_part(part, text) for part in _PARTS.split(text.strip())])
+
+
+def as_policy(spec: "str | Policy") -> Policy:
+    """``spec`` as a policy: parsed when it is a spec string, as it is when it is already a policy."""
+    return parse_spec(spec) if isinstance(spec, str) else spec
 
 
 def _parse_part(part: str, text: str) -> Policy:

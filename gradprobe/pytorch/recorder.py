@@ -34,13 +34,14 @@ from typing import Any
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
-from gradprobe.policies.torch_apply import TorchClipper, flag_skip_on_device, restore_found_inf
+from gradprobe.policies.base import recorded_threshold
+from gradprobe.pytorch.clip import TorchClipper, flag_skip_on_device, ops_for, restore_found_inf
 from gradprobe.pytorch.naming import ParamNamer
 from gradprobe.pytorch.norms import foreach_norms, global_norm
 from gradprobe.pytorch.sharding import full_norms, local
-from gradprobe.pytorch.stream import Stream
-from gradprobe.containment import GuardedHooks
-from gradprobe.session import Session, StopTraining
+from gradprobe.pytorch.step_buffer import StepBuffer
+from gradprobe.recording.hook_guard import GuardedHooks
+from gradprobe.recording.session import Session, StopTraining
 
 
 _installed: list["TorchRecorder"] = []  # recorders installed in this process, newest last
@@ -55,7 +56,7 @@ def active_recorder() -> "TorchRecorder | None":
 
 
 class TorchRecorder(GuardedHooks):
-    """Installs gradprobe's hooks into torch and feeds a :class:`~gradprobe.session.Session`."""
+    """Installs gradprobe's hooks into torch and feeds a :class:`~gradprobe.recording.session.Session`."""
 
     def __init__(self, session: Session, namer: ParamNamer | None = None):
         self.session = session
@@ -64,8 +65,8 @@ class TorchRecorder(GuardedHooks):
         self.clippers: dict[int, TorchClipper] = {}
         self._found_inf_before: dict[int, object] = {}
         self._warned: set[int] = set()
-        self.streams: dict[int, Stream] = {}
-        self.backward_stream: Stream | None = None
+        self.buffers: dict[int, StepBuffer] = {}
+        self.backward_buffer: StepBuffer | None = None
         self.optimizer_exists = False
         self._pending_loss: torch.Tensor | None = None
         self._step_loss: torch.Tensor | None = None
@@ -160,10 +161,10 @@ class TorchRecorder(GuardedHooks):
         self._patches.clear()
 
     def flush(self) -> None:
-        """Write every stream's buffered steps to the run."""
-        for stream in self._all_streams():
+        """Write every buffer's buffered steps to the run."""
+        for buffer in self._all_buffers():
             try:
-                stream.flush()
+                buffer.flush()
             except Exception as exc:  # a failed flush must not hide the script's own outcome
                 self._report(exc, "flush")
 
@@ -171,8 +172,8 @@ class TorchRecorder(GuardedHooks):
         self._patches.append((owner, attr, getattr(owner, attr)))
         setattr(owner, attr, replacement)
 
-    def _all_streams(self) -> list[Stream]:
-        return list(self.streams.values()) + ([self.backward_stream] if self.backward_stream else [])
+    def _all_buffers(self) -> list[StepBuffer]:
+        return list(self.buffers.values()) + ([self.backward_buffer] if self.backward_buffer else [])
 
     # -- optimizer steps ----------------------------------------------------------------
 
@@ -185,24 +186,24 @@ class TorchRecorder(GuardedHooks):
         if not self.optimizer_exists and self._updates_watched(optimizer):
             self.optimizer_exists = True
 
-    def _stream(self, optimizer: torch.optim.Optimizer) -> Stream | None:
-        key = (  # what decides the stream's parameters: group sizes and which ones train
+    def _buffer(self, optimizer: torch.optim.Optimizer) -> StepBuffer | None:
+        key = (  # what decides the buffer's parameters: group sizes and which ones train
             tuple(len(g["params"]) for g in optimizer.param_groups),
             tuple(p.requires_grad for g in optimizer.param_groups for p in g["params"]),
         )
-        stream = self.streams.get(id(optimizer))
-        if stream is not None and stream.layout_key == key:
-            return stream
+        buffer = self.buffers.get(id(optimizer))
+        if buffer is not None and buffer.layout_key == key:
+            return buffer
         params = list({id(p): p for g in optimizer.param_groups for p in g["params"]}.values())
         params = [p for p in params if p.requires_grad and self.namer.watched(p)]
-        if stream is not None and stream.param_ids == {id(p) for p in params}:
-            stream.layout_key = key
-            return stream
+        if buffer is not None and buffer.param_ids == {id(p) for p in params}:
+            buffer.layout_key = key
+            return buffer
         if not params:
             return None
-        if stream is not None:
-            stream.flush()
-            index = stream.index
+        if buffer is not None:
+            buffer.flush()
+            index = buffer.index
         else:
             index = self.session.add_optimizer(
                 {
@@ -211,12 +212,12 @@ class TorchRecorder(GuardedHooks):
                     "lr": [g.get("lr") for g in optimizer.param_groups],
                 }
             )
-        previous = stream
-        stream = Stream(self.session, self.namer, index, params, known=previous.registered() if previous else None)
-        stream.steps = previous.steps if previous else 0
-        stream.layout_key = key
-        self.streams[id(optimizer)] = stream
-        return stream
+        previous = buffer
+        buffer = StepBuffer(self.session, self.namer, index, params, known=previous.registered() if previous else None)
+        buffer.steps = previous.steps if previous else 0
+        buffer.layout_key = key
+        self.buffers[id(optimizer)] = buffer
+        return buffer
 
     def _pre_step(self, optimizer, args, kwargs):
         self._note_optimizer(optimizer)
@@ -249,8 +250,8 @@ class TorchRecorder(GuardedHooks):
     def _post_step(self, optimizer, args, kwargs):
         if id(optimizer) in self._found_inf_before:
             restore_found_inf(optimizer, self._found_inf_before.pop(id(optimizer)))
-        stream = self.streams.get(id(optimizer))
-        if stream is not None and self.session.count_step(stream.steps):
+        buffer = self.buffers.get(id(optimizer))
+        if buffer is not None and self.session.count_step(buffer.steps):
             raise StopTraining(f"max steps ({self.session.max_steps}) reached")
 
     def _record_skipped(self, optimizer) -> None:
@@ -259,31 +260,31 @@ class TorchRecorder(GuardedHooks):
 
     def _record(self, optimizer, skipped: bool = False, clip: bool = True) -> None:
         """Record the optimizer's gradients; apply the clip policy when ``clip`` (the step follows)."""
-        stream = self._stream(optimizer)
+        buffer = self._buffer(optimizer)
         if self._pending_loss is not None:
             self._step_loss, self._pending_loss = self._pending_loss, None
         loss = self._step_loss
         user_clip, self._user_clip = self._user_clip, None
-        if stream is None:
+        if buffer is None:
             return
         grad_scale = getattr(optimizer, "grad_scale", None)
         found_inf = getattr(optimizer, "found_inf", None)
-        stats = stream.measure(grad_scale if isinstance(grad_scale, torch.Tensor) else None)
+        stats = buffer.measure(grad_scale if isinstance(grad_scale, torch.Tensor) else None)
         if isinstance(found_inf, torch.Tensor):
             skipped = found_inf.reshape(-1)[0] > 0
         if self.policy is not None and not clip and not skipped:
             self._warn_unclipped(optimizer)
         if self.policy is not None and clip:
             if isinstance(grad_scale, torch.Tensor):  # fused AMP: unscale here so the policy sees true values
-                torch._foreach_mul_([stream.params[i].grad for i in stats.present], 1.0 / stats.grad_scale)
+                torch._foreach_mul_([buffer.params[i].grad for i in stats.present], 1.0 / stats.grad_scale)
                 optimizer.grad_scale = None
-            self._clip(stream, stats, loss, skipped, optimizer)
+            self._clip(buffer, stats, loss, skipped, optimizer)
             return
         if user_clip is None:
-            stream.record(stats, loss=loss, skipped=skipped)
+            buffer.record(stats, loss=loss, skipped=skipped)
             return
-        pre_norm = user_clip[0].detach().to(stream.device, torch.float32)
-        stream.record(
+        pre_norm = user_clip[0].detach().to(buffer.device, torch.float32)
+        buffer.record(
             stats,
             loss=loss,
             skipped=skipped,
@@ -292,7 +293,7 @@ class TorchRecorder(GuardedHooks):
             threshold=user_clip[1],
         )
 
-    def _clip(self, stream: Stream, stats, loss, amp_skipped, optimizer=None) -> None:
+    def _clip(self, buffer: StepBuffer, stats, loss, amp_skipped, optimizer=None) -> None:
         """Apply the session's clip policy to the measured gradients and record the step.
 
         The policy reuses the norms just measured (no second pass). A skipped
@@ -301,10 +302,10 @@ class TorchRecorder(GuardedHooks):
         flag once and have their gradients set to ``None`` so that the step
         leaves parameters and optimizer state untouched.
         """
-        clipper = self.clippers.get(stream.index)
+        clipper = self.clippers.get(buffer.index)
         if clipper is None:
-            clipper = self.clippers[stream.index] = TorchClipper(self.policy)
-        params = [stream.params[i] for i in stats.present]
+            clipper = self.clippers[buffer.index] = TorchClipper(self.policy)
+        params = [buffer.params[i] for i in stats.present]
         grads = [local(p.grad) for p in params]
         if stats.weights is None:
             result = clipper.clip(grads, stats.norms, stats.global_norm, params)
@@ -313,11 +314,11 @@ class TorchRecorder(GuardedHooks):
             norms = full_norms(stats.norms, stats.weights)
             result = clipper.clip(grads, norms, global_norm(norms), [local(p) for p in params])
             pre_norm = stats.global_norm
-            post_norm = global_norm(foreach_norms(grads, 2.0, stream.device) * stats.weights)
+            post_norm = global_norm(foreach_norms(grads, 2.0, buffer.device) * stats.weights)
         if self.policy.can_skip and optimizer is not None:
             self._prevent_update(optimizer, params, result.skipped)
-        threshold = torch.where(torch.isnan(result.threshold), result.skip_threshold, result.threshold)
-        stream.record(stats, loss=loss, skipped=result.skipped | amp_skipped,
+        threshold = recorded_threshold(ops_for(buffer.device), result)
+        buffer.record(stats, loss=loss, skipped=result.skipped | amp_skipped,
                       pre_norm=pre_norm, post_norm=post_norm, scale=result.scale, threshold=threshold)
 
     def _warn_unclipped(self, optimizer) -> None:
@@ -338,8 +339,8 @@ class TorchRecorder(GuardedHooks):
     # -- backward passes ----------------------------------------------------------------
 
     def _before_backward(self, tensor: torch.Tensor) -> None:
-        stream = self.backward_stream
-        if stream is not None and not self.optimizer_exists and self.session.count_step(stream.steps):
+        buffer = self.backward_buffer
+        if buffer is not None and not self.optimizer_exists and self.session.count_step(buffer.steps):
             raise StopTraining(f"max steps ({self.session.max_steps}) reached")
         self._step_loss = None
         if tensor.numel() != 1 or not tensor.is_floating_point():
@@ -354,15 +355,15 @@ class TorchRecorder(GuardedHooks):
     def _after_backward(self) -> None:
         if self.optimizer_exists:
             return
-        if self.backward_stream is None:
+        if self.backward_buffer is None:
             params = self.namer.trainable_params()
             if not params:
                 return
             index = self.session.add_optimizer({"class": None, "kind": "backward"})
-            self.backward_stream = Stream(self.session, self.namer, index, params)
+            self.backward_buffer = StepBuffer(self.session, self.namer, index, params)
         loss, self._pending_loss = self._pending_loss, None
-        stats = self.backward_stream.measure()
+        stats = self.backward_buffer.measure()
         if self.policy is not None:
-            self._clip(self.backward_stream, stats, loss, False)
+            self._clip(self.backward_buffer, stats, loss, False)
         else:
-            self.backward_stream.record(stats, loss=loss)
+            self.backward_buffer.record(stats, loss=loss)

@@ -1,6 +1,7 @@
 """Setting a clip policy in the constructors of a script's Keras optimizers.
 
-Keras optimizers clip by themselves when built with one setting:
+Keras optimizers clip by themselves when built with one setting, which the
+policy names (:meth:`~gradprobe.policies.Policy.keras_setting`):
 ``global_clipnorm=X`` is ``global-norm:max=X`` (L2), ``clipnorm=X`` is
 ``layer-norm:max=X`` (each variable's gradient on its own) and
 ``clipvalue=X`` is ``value:max=X``. That setting is written into every
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import libcst as cst
 
-from gradprobe.policies import GlobalNorm, LayerNorm, Policy, Value
+from gradprobe.policies import Policy
 from gradprobe.source_patch.calls import add_keyword, literal_number, remove_argument
 from gradprobe.source_patch.edits import Edits
 from gradprobe.source_patch.imports import Imports
@@ -32,17 +33,6 @@ OPTIMIZER_CLASSES = {
     "adadelta": "Adadelta", "adafactor": "Adafactor", "adagrad": "Adagrad", "adam": "Adam", "adamax": "Adamax",
     "adamw": "AdamW", "ftrl": "Ftrl", "lion": "Lion", "nadam": "Nadam", "rmsprop": "RMSprop", "sgd": "SGD",
 }
-
-
-def keras_setting(policy: Policy) -> tuple[str, float] | None:
-    """The Keras optimizer argument that carries out ``policy``, with its value, or None."""
-    if isinstance(policy, GlobalNorm) and policy.norm == "2":
-        return "global_clipnorm", policy.max
-    if isinstance(policy, LayerNorm):
-        return "clipnorm", policy.max
-    if isinstance(policy, Value):
-        return "clipvalue", policy.max
-    return None
 
 
 def is_keras_optimizer(name: str) -> bool:
@@ -72,7 +62,7 @@ class KerasOptimizers:
 
     def plan(self, policy: Policy) -> None:
         """Plan the setting in every optimizer (problems are collected, nothing is raised)."""
-        setting = keras_setting(policy)
+        setting = policy.keras_setting()
         if setting is None:
             first = min(self.script.line(n) for n in [*self.constructors, *self.named])
             self.problems.append(Problem(first, f"{policy} has no Keras optimizer setting (global_clipnorm is "

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gradprobe.errors import GradprobeError
-from gradprobe.policies import Policy, parse_spec
+from gradprobe.policies import Policy, as_policy
 from gradprobe.source_patch.edits import Edits
 from gradprobe.source_patch.imports import Imports
 from gradprobe.source_patch.keras_optimizers import KerasOptimizers
@@ -48,7 +48,7 @@ def patch_source(source: str, spec: str | Policy, filename: str = "<script>") ->
     Raises :class:`PatchRefused` (every problem with its line) when a step
     cannot be clipped safely, and changes nothing then.
     """
-    policy = parse_spec(spec) if isinstance(spec, str) else spec
+    policy = as_policy(spec)
     script = Script(source, filename)
     imports = Imports(script.module)
     edits = Edits()

@@ -1,16 +1,17 @@
 """Which PyTorch code carries out a clip policy, and what each kind of clip call returns.
 
-``global-norm`` and ``value`` become plain ``torch.nn.utils.clip_grad_norm_``
-/ ``clip_grad_value_`` calls, so the patched script needs no gradprobe at run
-time; every other policy becomes a ``gradprobe.clipper`` object, created once
-after its optimizer and called before each step.
+A policy that names a ``torch.nn.utils`` function (:meth:`~gradprobe.policies.Policy.torch_call`:
+``global-norm`` is ``clip_grad_norm_``, ``value`` is ``clip_grad_value_``) becomes a plain call
+of it, so the patched script needs no gradprobe at run time; every other policy becomes a
+``gradprobe.clipper`` object, created once after its optimizer and called before each step.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
-from gradprobe.policies import GlobalNorm, Policy, Value
+from gradprobe.policies import Policy
 from gradprobe.source_patch.syntax import number_code
 
 # The kinds of clip call found before a step, or emitted there.
@@ -21,6 +22,10 @@ CLIPPER = "clipper"
 # What each kind returns: the pre-clip total norm, nothing, or (norm, scale).
 RETURNS = {CLIP_NORM: "norm", CLIP_VALUE: "nothing", CLIPPER: "norm and scale"}
 
+# The numeric arguments of the torch clip functions after the parameters, in order, and their defaults.
+SIGNATURES = {CLIP_NORM: ("max_norm", "norm_type"), CLIP_VALUE: ("clip_value",)}
+DEFAULTS = {"norm_type": 2.0}
+
 TORCH_UTILS = "torch.nn.utils"
 INF_CODE = 'float("inf")'
 INF_SPELLINGS = {'float("inf")', "float('inf')", "math.inf", "torch.inf", "np.inf", "numpy.inf", '"inf"', "'inf'"}
@@ -28,10 +33,12 @@ INF_SPELLINGS = {'float("inf")', "float('inf')", "math.inf", "torch.inf", "np.in
 
 @dataclass(frozen=True)
 class TorchClip:
-    """How a policy is written before a PyTorch optimizer step."""
+    """How a policy is written before a PyTorch optimizer step: the kind of call and, for a torch
+    function, its keyword arguments."""
 
     kind: str
     policy: Policy
+    arguments: dict[str, float] = field(default_factory=dict)
 
     @property
     def skips(self) -> bool:
@@ -40,21 +47,18 @@ class TorchClip:
 
     def call_code(self, function: str, params: str) -> str:
         """The clip call on ``params``; ``function`` spells the torch function or the clipper variable."""
-        policy = self.policy
-        if self.kind == CLIP_NORM:
-            assert isinstance(policy, GlobalNorm)
-            norm = f", norm_type={INF_CODE}" if policy.norm == "inf" else ""
-            return f"{function}({params}, max_norm={number_code(policy.max)}{norm})"
-        if self.kind == CLIP_VALUE:
-            assert isinstance(policy, Value)
-            return f"{function}({params}, clip_value={number_code(policy.max)})"
-        return f"{function}({params})"
+        values = "".join(f", {key}={value_code(value)}" for key, value in self.arguments.items())
+        return f"{function}({params}{values})"
+
+
+def value_code(value: float) -> str:
+    """A numeric argument as code (``float("inf")`` for infinity)."""
+    return INF_CODE if value == math.inf else number_code(value)
 
 
 def torch_clip(policy: Policy) -> TorchClip:
     """The PyTorch form of ``policy``."""
-    if isinstance(policy, GlobalNorm):
-        return TorchClip(CLIP_NORM, policy)
-    if isinstance(policy, Value):
-        return TorchClip(CLIP_VALUE, policy)
-    return TorchClip(CLIPPER, policy)
+    call = policy.torch_call()
+    if call is None:
+        return TorchClip(CLIPPER, policy)
+    return TorchClip(call[0], policy, dict(call[1]))

@@ -13,6 +13,7 @@ from exactly that and ``model`` is visible at the step, else
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import libcst as cst
@@ -25,7 +26,7 @@ from gradprobe.source_patch.imports import Imports
 from gradprobe.source_patch.refusal import Problem
 from gradprobe.source_patch.syntax import Script, dotted
 from gradprobe.source_patch.torch_clip import (
-    CLIP_NORM, CLIPPER, INF_CODE, INF_SPELLINGS, RETURNS, TORCH_UTILS, TorchClip, torch_clip,
+    CLIPPER, DEFAULTS, INF_CODE, INF_SPELLINGS, RETURNS, SIGNATURES, TORCH_UTILS, TorchClip, torch_clip,
 )
 from gradprobe.source_patch.torch_steps import ClipCall, Region, Step, TorchSteps
 
@@ -219,16 +220,15 @@ class TorchLoop(TorchSteps):
     def _updated_small(self, existing: ClipCall, clip: TorchClip) -> cst.BaseSmallStatement:
         """``existing`` (same kind of torch call as ``clip``) with the policy's numbers."""
         call = existing.call
-        policy = clip.policy
-        if clip.kind == CLIP_NORM:
-            call = set_number(call, 1, "max_norm", policy.max)
-            norm = argument_value(call, 2, "norm_type")
-            if policy.norm == "inf" and (norm is None or self.script.code(norm) not in INF_SPELLINGS):
-                call = set_argument(call, 2, "norm_type", INF_CODE)
-            elif policy.norm == "2" and norm is not None:
-                call = set_number(call, 2, "norm_type", 2.0)
-        else:
-            call = set_number(call, 1, "clip_value", policy.max)
+        for position, key in enumerate(SIGNATURES[clip.kind], start=1):
+            current = argument_value(call, position, key)
+            if key not in clip.arguments and current is None:
+                continue  # the torch default is the policy's: leave it implicit
+            value = clip.arguments.get(key, DEFAULTS.get(key))
+            if value != math.inf:
+                call = set_number(call, position, key, value)
+            elif current is None or self.script.code(current) not in INF_SPELLINGS:
+                call = set_argument(call, position, key, INF_CODE)
         small = existing.line.body[0]
         return small.with_changes(value=call)
 

@@ -18,7 +18,7 @@ from gradprobe.source_patch.refusal import Problem
 from gradprobe.source_patch.syntax import Script, dotted
 from gradprobe.source_patch.torch_clip import CLIP_NORM, CLIP_VALUE, CLIPPER, RETURNS
 
-CLIPPER_FACTORIES = {"gradprobe.clipper", "gradprobe.policies.clipper"}
+CLIPPER_FACTORIES = {"gradprobe.clipper", "gradprobe.api.clipper"}
 TORCH_CLIP_FUNCTIONS = {"clip_grad_norm_": CLIP_NORM, "clip_grad_norm": CLIP_NORM, "clip_grad_value_": CLIP_VALUE}
 # Scripts sometimes call a clip function that optimizers do not have; it is replaced like a real clip call.
 MISTAKEN_CLIP = "mistaken"

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 from gradprobe.errors import RunFormatError
 from gradprobe.store.schema import FORMAT_VERSION, STATUSES, TABLES
 from gradprobe.store.shards import combine_layers, combine_steps
+from gradprobe.store.views import view
 from gradprobe.store.writer import DEFAULT_ROOT, META_FILE, PARTS_DIR
 
 if TYPE_CHECKING:
@@ -239,17 +240,13 @@ class Run:
 
     def _repr_html_(self) -> str:
         """Jupyter's view of the run: status, norms with a sparkline, loss, clipping and top findings."""
-        from gradprobe.reports.notebook import summary_html
-
-        return summary_html(self)
+        return view("html")(self)
 
     def plot(self, groups: Sequence[str] = ()) -> list["Figure"]:
         """The report's matplotlib figures: global norm and loss over time (findings marked), and with
         per-layer statistics the layer heatmap, norm distributions and gradient flow, per optimizer.
         ``groups``: ``NAME=GLOB`` layer groups for the imbalance check."""
-        from gradprobe.reports.notebook import run_figures
-
-        return run_figures(self, groups)
+        return view("figures")(self, groups)
 
 
 def load_run(path: str | os.PathLike) -> Run:

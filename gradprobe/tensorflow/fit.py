@@ -14,7 +14,7 @@ from typing import Any
 
 import keras
 
-from gradprobe.session import StopTraining
+from gradprobe.recording.session import StopTraining
 
 
 class FitHooks(keras.callbacks.Callback):

@@ -36,7 +36,7 @@
   clips the aggregated gradient, in every replica alike; a skipped step's
   gradients are zeroed there, but the optimizer still steps (a warning
   says so).
-* ``max_steps`` ends training with :class:`~gradprobe.session.StopTraining`
+* ``max_steps`` ends training with :class:`~gradprobe.recording.session.StopTraining`
   after the step that reaches it: raised after the optimizer update eagerly,
   between batches in ``fit``, and when the script's ``tf.function`` returns.
 """
@@ -61,14 +61,15 @@ from tensorflow.python.eager.polymorphic_function.polymorphic_function import Fu
 
 from gradprobe.errors import GradprobeError
 from gradprobe.policies import Policy
-from gradprobe.containment import GuardedHooks
-from gradprobe.session import Session, StopTraining
+from gradprobe.policies.base import recorded_threshold
+from gradprobe.recording.hook_guard import GuardedHooks
+from gradprobe.recording.session import Session, StopTraining
+from gradprobe.tensorflow.clip import OPS, TFClipper, skip_or_apply
 from gradprobe.tensorflow.fit import FitHooks
 from gradprobe.tensorflow.naming import VariableNamer
-from gradprobe.policies.tf_apply import OPS, TFClipper, skip_or_apply
 from gradprobe.tensorflow.norms import in_xla, slice_values, sum_squares, unique_slices
 from gradprobe.tensorflow.origins import Clipped, GradOf, Origins, Trace, Unscaled
-from gradprobe.tensorflow.stream import OptimizerClip, PolicyStep, TFStream
+from gradprobe.tensorflow.step_buffer import OptimizerClip, PolicyStep, TFStepBuffer
 
 _CLIP_SETTINGS = ("clipnorm", "global_clipnorm", "clipvalue")
 
@@ -92,10 +93,10 @@ def optimizer_clip(optimizer: Any) -> OptimizerClip | None:
 
 @dataclass
 class _Step:
-    """One optimizer update being recorded: its stream, whether it runs eagerly and, when a clip
+    """One optimizer update being recorded: its buffer, whether it runs eagerly and, when a clip
     policy applies, the gradients to update with and the skip flag."""
 
-    stream: TFStream
+    buffer: TFStepBuffer
     eager: bool
     grads: list | None = None
     skipped: tf.Tensor | None = None
@@ -105,7 +106,7 @@ class _Step:
 class _Pending:
     """A step waiting for the aggregated gradients of a multi-replica update."""
 
-    stream: TFStream
+    buffer: TFStepBuffer
     trace: Trace
     clip: OptimizerClip | None
     xla: bool
@@ -113,7 +114,7 @@ class _Pending:
 
 
 class TFRecorder(GuardedHooks):
-    """Installs gradprobe's hooks into TensorFlow and Keras and feeds a :class:`~gradprobe.session.Session`.
+    """Installs gradprobe's hooks into TensorFlow and Keras and feeds a :class:`~gradprobe.recording.session.Session`.
 
     ``patch_fit``: add a :class:`~gradprobe.tensorflow.fit.FitHooks` callback
     to every ``fit`` call (off when the caller is such a callback itself).
@@ -130,10 +131,10 @@ class TFRecorder(GuardedHooks):
         self.clippers: dict[Any, TFClipper] = {}
         self._warned: set[str] = set()
         self.patch_fit = patch_fit
-        self.streams: dict[int, tuple[Any, TFStream | None]] = {}
+        self.buffers: dict[int, tuple[Any, TFStepBuffer | None]] = {}
         self.host_flushing = 0
         self.stop_requested = False
-        self.xla_streams = False
+        self.xla_buffers = False
         self._calls = 0
         self._last_flush = time.monotonic()
         self._thread = threading.get_ident()
@@ -166,9 +167,9 @@ class TFRecorder(GuardedHooks):
         """Write every optimizer's buffered steps to the run (reads the buffers once)."""
         self._calls = 0
         self._last_flush = time.monotonic()
-        for stream in self._streams():
+        for buffer in self._buffers():
             try:
-                stream.flush()
+                buffer.flush()
             except Exception as exc:  # a failed flush must not hide the script's own outcome
                 self._report(exc, "flush")
 
@@ -183,10 +184,10 @@ class TFRecorder(GuardedHooks):
     def limit_reached(self) -> bool:
         """Whether an optimizer has taken ``max_steps`` steps (reads host-side counters)."""
         return self.session.max_steps is not None and any(
-            self.session.count_step(stream.steps_taken()) for stream in self._streams())
+            self.session.count_step(buffer.steps_taken()) for buffer in self._buffers())
 
-    def _streams(self) -> list[TFStream]:
-        return [stream for _, stream in self.streams.values() if stream is not None]
+    def _buffers(self) -> list[TFStepBuffer]:
+        return [buffer for _, buffer in self.buffers.values() if buffer is not None]
 
     def _patch(self, owner: Any, attr: str, replacement: Any) -> None:
         self._patches.append((owner, attr, getattr(owner, attr)))
@@ -332,14 +333,14 @@ class TFRecorder(GuardedHooks):
 
     # -- optimizer steps ----------------------------------------------------------------
 
-    def _stream(self, optimizer: Any, variables: list) -> TFStream | None:
-        known = self.streams.get(id(optimizer))
+    def _buffer(self, optimizer: Any, variables: list) -> TFStepBuffer | None:
+        known = self.buffers.get(id(optimizer))
         if known is not None:
             return known[1]
         if optimizer.built:
             variables = list(optimizer._trainable_variables)
         watched = [v for v in variables if getattr(v, "trainable", True) and self.namer.watched(v)]
-        stream = None
+        buffer = None
         if watched:
             clip = optimizer_clip(optimizer)
             index = self.session.add_optimizer({
@@ -347,10 +348,10 @@ class TFRecorder(GuardedHooks):
                 "lr": _learning_rate(optimizer),
                 "clip": {"kind": clip[0], "threshold": clip[1]} if clip else None,
             })
-            stream = TFStream(self.session, index, watched, self.namer.names(watched),
+            buffer = TFStepBuffer(self.session, index, watched, self.namer.names(watched),
                               [optimizer._var_key(v) for v in watched], in_xla(), self._request_stop)
-        self.streams[id(optimizer)] = (optimizer, stream)
-        return stream
+        self.buffers[id(optimizer)] = (optimizer, buffer)
+        return buffer
 
     def _before_apply(self, optimizer, grads, variables) -> "_Step | None":
         grads = list(grads)
@@ -359,23 +360,23 @@ class TFRecorder(GuardedHooks):
                 return None
             variables = optimizer._trainable_variables
         variables = list(variables)
-        stream = self._stream(optimizer, variables)
-        if stream is None:
+        buffer = self._buffer(optimizer, variables)
+        if buffer is None:
             return None
         xla = in_xla()
-        self.xla_streams |= xla
+        self.xla_buffers |= xla
         trace = self.origins.trace(grads, xla)
         if trace.loss is None and getattr(self._local, "outer_loss", None) is not None:
             trace = replace(trace, loss=self._local.outer_loss)
         if trace.clip_kind is not None:
-            self._note_script_clip(stream, trace.clip_kind)
+            self._note_script_clip(buffer, trace.clip_kind)
         clip = optimizer_clip(optimizer)
         context = tf.distribute.get_replica_context()
         replicas = context.num_replicas_in_sync if context is not None else 1
         if replicas > 1:
-            self._local.pending = _Pending(stream, trace, clip, xla, replicas)
+            self._local.pending = _Pending(buffer, trace, clip, xla, replicas)
             return None
-        positions = stream.positions([optimizer._var_key(v) for v in variables])
+        positions = buffer.positions([optimizer._var_key(v) for v in variables])
         index = [i for i, (p, g) in enumerate(zip(positions, grads)) if p is not None and g is not None]
         if not index:
             return None
@@ -385,21 +386,21 @@ class TFRecorder(GuardedHooks):
             values = OPS.scale(values, 1.0 / tf.cast(factor, tf.float32))
         dense = [slice_values(v) for v in values]
         squares = sum_squares(dense)
-        step = _Step(stream, tf.executing_eagerly())
+        step = _Step(buffer, tf.executing_eagerly())
         policy = None
         if self.policy is not None:
-            policy, step.grads, step.skipped = self._clip(stream, optimizer, grads, index, values, variables,
+            policy, step.grads, step.skipped = self._clip(buffer, optimizer, grads, index, values, variables,
                                                           squares, factor)
-        stream.record(dense, [positions[i] for i in index], loss=trace.loss, pre_norm=trace.pre_norm,
+        buffer.record(dense, [positions[i] for i in index], loss=trace.loss, pre_norm=trace.pre_norm,
                       threshold=trace.threshold, optimizer_clip=clip, policy=policy, squares=squares, xla=xla,
                       trigger=self._in_graph_flush(xla), limit=not step.eager)
         return step
 
-    def _clip(self, stream, optimizer, grads, index, values, variables, squares, factor):
+    def _clip(self, buffer, optimizer, grads, index, values, variables, squares, factor):
         """Apply the clip policy to one step's unscaled ``values`` (of ``grads[i]`` for ``i`` in
         ``index``); return what it did, the gradients to hand the optimizer (scaled back) and the
         skip flag (None: the policy never skips)."""
-        clipped, policy = self._apply_policy(stream.index, values, [variables[i] for i in index], squares)
+        clipped, policy = self._apply_policy(buffer.index, values, [variables[i] for i in index], squares)
         if factor is not None:
             clipped = OPS.scale(clipped, tf.cast(factor, tf.float32))
         grads = list(grads)
@@ -418,7 +419,7 @@ class TFRecorder(GuardedHooks):
         if clipper is None:
             clipper = self.clippers[key] = TFClipper(self.policy)
         clipped, result = clipper.clip(values, variables, tf.sqrt(squares))
-        threshold = tf.where(tf.math.is_nan(result.threshold), result.skip_threshold, result.threshold)
+        threshold = recorded_threshold(OPS, result)
         return clipped, PolicyStep(result.norm, result.post_norm, result.scale, threshold, result.skipped)
 
     def _loss_of(self, grads) -> tf.Tensor | None:
@@ -427,7 +428,7 @@ class TFRecorder(GuardedHooks):
         return self.origins.trace(list(grads)).loss
 
     def _after_apply(self, step: "_Step") -> None:
-        if step.eager and self.session.max_steps is not None and self.session.count_step(step.stream.steps_taken()):
+        if step.eager and self.session.max_steps is not None and self.session.count_step(step.buffer.steps_taken()):
             self.flush()
             raise StopTraining(f"max steps ({self.session.max_steps}) reached")
 
@@ -443,8 +444,8 @@ class TFRecorder(GuardedHooks):
         if pending is None or context is None:
             return None
         replica = int(tf.get_static_value(context.replica_id_in_sync_group))
-        stream = pending.stream
-        positions = stream.positions([optimizer._var_key(v) for _, v in reduced])
+        buffer = pending.buffer
+        positions = buffer.positions([optimizer._var_key(v) for _, v in reduced])
         index = [i for i, (p, (g, _)) in enumerate(zip(positions, reduced)) if p is not None and g is not None]
         if not index:
             return None
@@ -456,14 +457,14 @@ class TFRecorder(GuardedHooks):
             if self.policy.can_skip:
                 self._warn_once(f"under a multi-replica strategy {self.policy} zeroes a skipped step's gradients "
                                 "but the optimizer still steps (momentum and weight decay still apply)")
-            clipped, policy = self._apply_policy((stream.index, replica), values, [reduced[i][1] for i in index],
+            clipped, policy = self._apply_policy((buffer.index, replica), values, [reduced[i][1] for i in index],
                                                  squares)
             clipped_pairs = list(reduced)
             for i, g in zip(index, clipped):
                 clipped_pairs[i] = (g, reduced[i][1])
         if replica == 0:
             loss = pending.trace.loss * pending.replicas if pending.trace.loss is not None else None
-            stream.record(dense, [positions[i] for i in index], loss=loss, threshold=pending.trace.threshold,
+            buffer.record(dense, [positions[i] for i in index], loss=loss, threshold=pending.trace.threshold,
                           optimizer_clip=pending.clip, distributed=True, policy=policy, squares=squares,
                           xla=pending.xla, trigger=self._in_graph_flush(pending.xla),
                           limit=not tf.executing_eagerly())
@@ -474,7 +475,7 @@ class TFRecorder(GuardedHooks):
         XLA-compiled steps, which cannot flush themselves (one step per call assumed)."""
         if self.stop_requested:
             raise StopTraining(f"max steps ({self.session.max_steps}) reached")
-        if not self.xla_streams or self.host_flushing:
+        if not self.xla_buffers or self.host_flushing:
             return
         self._calls += 1
         sampling = self.session.sampling
@@ -486,8 +487,8 @@ class TFRecorder(GuardedHooks):
     def _in_graph_flush(self, xla: bool) -> bool:
         return not xla and self.host_flushing == 0
 
-    def _note_script_clip(self, stream: TFStream, kind: str) -> None:
-        entry = self.session.optimizers[stream.index]
+    def _note_script_clip(self, buffer: TFStepBuffer, kind: str) -> None:
+        entry = self.session.optimizers[buffer.index]
         if entry.get("script_clip") != kind:
             entry["script_clip"] = kind
             self.session.writer.write_meta()

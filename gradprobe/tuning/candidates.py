@@ -1,4 +1,4 @@
-"""Candidate clip policies for a tune, derived from a profiled run's recommendations."""
+"""Candidate clip policies for a tune, derived from a profiled run by the policies themselves."""
 
 from __future__ import annotations
 
@@ -6,13 +6,12 @@ import re
 from dataclasses import dataclass
 from typing import Iterable
 
-from gradprobe.analysis import diagnose, recommend, split_streams
+from gradprobe.analysis import diagnose, split_streams
+from gradprobe.analysis.recommend import history
 from gradprobe.errors import GradprobeError
-from gradprobe.policies import parse_spec
+from gradprobe.policies import RECOMMENDED, parse_spec
 from gradprobe.store import Run
 
-# Global-norm thresholds at these percentiles of the profiled global norms.
-PERCENTILES = (50.0, 90.0, 95.0, 99.0)
 NO_CLIPPING = "no clipping"
 _SPEC_START = re.compile(r"^\s*([a-z][a-z-]*:|none\s*$)", re.IGNORECASE)
 
@@ -26,19 +25,18 @@ class Candidate:
 
 
 def derive_candidates(run: Run) -> list[Candidate]:
-    """No clipping; global-norm at the :data:`PERCENTILES`; AutoClip; ZClip. Thresholds come from
-    ``run``'s first optimizer, from the steps before any explosion (as ``recommend`` does)."""
+    """No clipping, then each recommended policy's tune candidates (for global-norm: thresholds at the
+    50th, 90th, 95th and 99th percentile of the norms; AutoClip; ZClip), from ``run``'s first optimizer
+    and the steps before any explosion (as ``recommend`` reads them)."""
     streams = [s for s in split_streams(run) if not s.steps.empty]
     if not streams:
         raise GradprobeError(f"{run.path}: no recorded steps to derive clip candidates from")
-    findings = diagnose(streams)
-    labelled = [(f"global-norm p{p:g}", recommend(streams[:1], findings, ["percentile"], p)) for p in PERCENTILES]
-    labelled += [("AutoClip", recommend(streams[:1], findings, ["autoclip"])),
-                 ("ZClip", recommend(streams[:1], findings, ["zclip"]))]
+    past = history(streams[0], diagnose(streams))
     candidates = [Candidate(NO_CLIPPING, None)]
-    for label, recommendations in labelled:
-        if recommendations and recommendations[0].spec not in {c.spec for c in candidates}:
-            candidates.append(Candidate(label, recommendations[0].spec))
+    for cls in RECOMMENDED:
+        for label, spec in cls.tune_candidates(past):
+            if spec not in {c.spec for c in candidates}:
+                candidates.append(Candidate(label, spec))
     return candidates
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from gradprobe.errors import GradprobeError
-from gradprobe.recommendation_file import RECOMMENDATION_FILE
+from gradprobe.store.recommendation_file import write_recommendations
 from gradprobe.store import Run, create_run_dir, load_run
 from gradprobe.store.writer import write_json_atomic
 from gradprobe.tuning.candidates import NO_CLIPPING, Candidate, derive_candidates
@@ -156,8 +156,8 @@ class _Runner:
         }
         write_json_atomic(result.path / TUNE_FILE, document)
         if result.chosen is not None and result.chosen.spec is not None:
-            write_json_atomic(result.path / RECOMMENDATION_FILE, {"run": result.path.name, "recommendations": [
-                {"strategy": "tune", "spec": result.chosen.spec, "rationale": result.verdict}]})
+            write_recommendations(result.path, result.path.name,
+                                  [{"strategy": "tune", "spec": result.chosen.spec, "rationale": result.verdict}])
 
 
 def _recorded_steps(run: Run) -> int:

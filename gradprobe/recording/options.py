@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from gradprobe.policies import Policy, parse_spec
-from gradprobe.session import Sampling, Session
+from gradprobe.policies import Policy, as_policy
+from gradprobe.recording.session import Sampling, Session
 
 
 @dataclass(frozen=True)
-class RunOptions:
+class SessionOptions:
     """Where and how a callback records: run root and name, sampling, and the clip policy."""
 
     out: str | os.PathLike
@@ -20,9 +20,9 @@ class RunOptions:
 
     @classmethod
     def parse(cls, out: str | os.PathLike, name: str | None, every: int, flush_every: int, flush_seconds: float,
-              clip: "str | Policy | None") -> "RunOptions":
+              clip: "str | Policy | None") -> "SessionOptions":
         """Check the options at once (a bad spec or sampling fails before training starts)."""
-        policy = parse_spec(clip) if isinstance(clip, str) else clip
+        policy = as_policy(clip)
         return cls(out, name, Sampling(every, flush_every, flush_seconds), policy)
 
     def session(self, policy: Policy | None) -> Session:

@@ -9,19 +9,19 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from gradprobe.buffers import LAYER_STATS, STEP_COLUMNS, layers_columns, steps_columns
-from gradprobe.interrupts import critical
+from gradprobe.store.columns import LAYER_STATS, STEP_COLUMNS, layers_columns, steps_columns
+from gradprobe.recording.deferred_signals import critical
 from gradprobe.pytorch.naming import ParamNamer
 from gradprobe.pytorch.norms import dense, foreach_norms, global_norm, nonfinite_counts
 from gradprobe.pytorch.sharding import counted, is_sharded, local
-from gradprobe.session import Session
+from gradprobe.recording.session import Session
 
 
 
 class StepStats:
     """What one step measured, on the device: per-layer L2 norms and the global norm.
 
-    ``present`` lists the positions (into the stream's parameters) that had a
+    ``present`` lists the positions (into the buffer's parameters) that had a
     gradient; ``norms`` holds their L2 norms in that order, already divided by
     ``grad_scale`` when the gradients are still scaled (fused AMP optimizers).
     With sharded parameters ``grads`` are this rank's shards, ``weights``
@@ -39,7 +39,7 @@ class StepStats:
         self.global_norm = global_norm(norms if weights is None else norms * weights)
 
 
-class Stream:
+class StepBuffer:
     """Records the steps of one optimizer (or of backward passes in a loop without one).
 
     Per step it writes one row of :data:`STEP_COLUMNS` into a device buffer;
@@ -50,7 +50,7 @@ class Stream:
 
     def __init__(self, session: Session, namer: ParamNamer, index: int, params: list[torch.Tensor],
                  known: Mapping[int, int] | None = None):
-        """``known``: layer ids, by parameter id, of parameters an earlier stream of the same
+        """``known``: layer ids, by parameter id, of parameters an earlier buffer of the same
         optimizer registered (before its parameter set changed); they keep their ids."""
         self.session = session
         self.index = index
@@ -100,7 +100,7 @@ class Stream:
         self._last_flush = time.monotonic()
 
     def registered(self) -> dict[int, int]:
-        """This stream's layer ids by parameter id."""
+        """This buffer's layer ids by parameter id."""
         return dict(zip(map(id, self.params), self.layer_ids.tolist()))
 
     def measure(self, grad_scale: torch.Tensor | None = None) -> StepStats:

@@ -6,7 +6,7 @@ import functools
 import sys
 from typing import Any, Callable
 
-from gradprobe.session import Session, StopTraining
+from gradprobe.recording.session import Session, StopTraining
 
 
 class GuardedHooks:

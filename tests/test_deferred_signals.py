@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from gradprobe import interrupts
+from gradprobe.recording import deferred_signals
 
 
 @pytest.fixture
@@ -18,7 +18,7 @@ def usr1_handler():
         seen.append(signum)
         raise KeyboardInterrupt
 
-    previous = interrupts.install(signal.SIGUSR1, handler)
+    previous = deferred_signals.install(signal.SIGUSR1, handler)
     yield seen
     signal.signal(signal.SIGUSR1, previous)
 
@@ -37,8 +37,8 @@ def test_signal_outside_a_critical_section_is_handled_at_once(usr1_handler):
 def test_signal_inside_nested_critical_sections_waits_for_the_outermost(usr1_handler):
     finished = []
     with pytest.raises(KeyboardInterrupt):
-        with interrupts.critical:
-            with interrupts.critical:
+        with deferred_signals.critical:
+            with deferred_signals.critical:
                 _deliver(signal.SIGUSR1)
                 finished.append("inner")
             assert usr1_handler == []
@@ -46,7 +46,7 @@ def test_signal_inside_nested_critical_sections_waits_for_the_outermost(usr1_han
             finished.append("outer")
     assert finished == ["inner", "outer"]
     assert usr1_handler == [signal.SIGUSR1]
-    assert interrupts.critical.depth == 0 and not interrupts.critical.pending
+    assert deferred_signals.critical.depth == 0 and not deferred_signals.critical.pending
 
 
 def test_a_critical_section_in_another_thread_does_not_hold_the_main_threads_signals(usr1_handler):
@@ -55,7 +55,7 @@ def test_a_critical_section_in_another_thread_does_not_hold_the_main_threads_sig
     entered, release = threading.Event(), threading.Event()
 
     def worker():
-        with interrupts.critical:
+        with deferred_signals.critical:
             entered.set()
             release.wait(10)
 
@@ -69,4 +69,4 @@ def test_a_critical_section_in_another_thread_does_not_hold_the_main_threads_sig
     finally:
         release.set()
         thread.join()
-    assert interrupts.critical.depth == 0
+    assert deferred_signals.critical.depth == 0

@@ -1,4 +1,5 @@
-"""Reading the clip spec out of a recommendation file (``RUN/recommendation.json``).
+"""The recommendation file (``RUN/recommendation.json``): written by ``gradprobe recommend`` and
+``gradprobe tune``, read by ``gradprobe run --clip-from`` and ``gradprobe apply --from``.
 
 The file is plain JSON, ``{"run": ..., "recommendations": [{"spec": ...}, ...]}``,
 best recommendation first. Nothing in it is executed or unpickled; a missing
@@ -10,10 +11,22 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 from gradprobe.errors import GradprobeError
+from gradprobe.store.writer import write_json_atomic
 
 RECOMMENDATION_FILE = "recommendation.json"
+
+
+def write_recommendations(directory: Path, run_name: str, recommendations: Sequence[Mapping[str, Any]]) -> Path:
+    """Write ``directory/recommendation.json`` atomically, best recommendation first (plain JSON values)."""
+    path = Path(directory) / RECOMMENDATION_FILE
+    try:
+        write_json_atomic(path, {"run": run_name, "recommendations": list(recommendations)})
+    except OSError as exc:
+        raise GradprobeError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return path
 
 
 def load_recommended_spec(path: str | os.PathLike) -> str:

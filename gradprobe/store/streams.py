@@ -14,7 +14,7 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
-from gradprobe.store import Run
+from gradprobe.store.reader import Run
 
 LAYER_COLUMNS = ("norm", "maxabs", "nonfinite", "param_norm")
 
@@ -102,15 +102,21 @@ class Stream:
         return int(self.steps["step"].iloc[-1]) if len(self.steps) else 0
 
 
-def _lowest_rank(frame: pd.DataFrame) -> pd.DataFrame:
+def _one_rank(frame: pd.DataFrame, rank: int | None) -> pd.DataFrame:
+    """The rows of ``rank`` (None: of the lowest rank present)."""
     ranks = frame["rank"].unique()
-    if len(ranks) <= 1:
-        return frame
-    return frame[frame["rank"] == ranks.min()]
+    if rank is None:
+        if len(ranks) <= 1:
+            return frame
+        rank = ranks.min()
+    return frame[frame["rank"] == rank]
 
 
-def split_streams(run: Run) -> list[Stream]:
-    """One :class:`Stream` per optimizer that recorded steps or owns layers, in optimizer order."""
+def split_streams(run: Run, rank: int | None = None) -> list[Stream]:
+    """One :class:`Stream` per optimizer that recorded steps or owns layers, in optimizer order.
+
+    ``rank``: whose steps to read (default: the lowest rank that recorded each optimizer).
+    """
     steps, rows, table = run.steps, run.layers, run.layer_table
     owners = pd.to_numeric(table["optimizer"], errors="coerce")
     optimizers = sorted(set(steps["optimizer"].unique()) | set(rows["optimizer"].unique())
@@ -123,8 +129,8 @@ def split_streams(run: Run) -> list[Stream]:
         own_steps = steps if single else steps[steps["optimizer"] == optimizer]
         own_rows = rows if single else rows[rows["optimizer"] == optimizer]
         all_ranks = (own_steps, own_rows) if every_rank and own_steps["rank"].nunique() > 1 else None
-        own_steps = _lowest_rank(own_steps).drop_duplicates("step", keep="last").reset_index(drop=True)
-        own_rows = _lowest_rank(own_rows)
+        own_steps = _one_rank(own_steps, rank).drop_duplicates("step", keep="last").reset_index(drop=True)
+        own_rows = _one_rank(own_rows, rank)
         if single:
             ids = table["id"].to_numpy()
         else:

@@ -14,8 +14,8 @@ from typing import Any, Callable, Iterable
 
 from gradprobe._version import __version__
 from gradprobe.errors import GradprobeError
-from gradprobe.policies import Policy, parse_spec
-from gradprobe.distributed import SilentWriter, rank_layout, records, shared_run_dir
+from gradprobe.policies import Policy, as_policy
+from gradprobe.recording.ranks import SilentWriter, rank_layout, records, shared_run_dir
 from gradprobe.store.writer import DEFAULT_ROOT, RunWriter
 
 DEFAULT_EVERY = 10
@@ -63,7 +63,7 @@ class Session:
     :class:`StopTraining` once any optimizer has taken that many steps.
     ``seed`` is noted in ``run.json`` when the launcher seeded the script.
     In a distributed launch rank 0 records, or every rank with ``all_ranks``,
-    all into one run directory (see :mod:`gradprobe.distributed`); a rank
+    all into one run directory (see :mod:`gradprobe.recording.ranks`); a rank
     that does not record still clips and stops at ``max_steps``, and its
     ``path`` is None.
     """
@@ -82,7 +82,7 @@ class Session:
     ):
         if max_steps is not None and max_steps < 1:
             raise GradprobeError("--max-steps must be a positive integer")
-        self.policy = parse_spec(clip) if isinstance(clip, str) else clip
+        self.policy = as_policy(clip)
         self.sampling = sampling or Sampling()
         self.max_steps = max_steps
         self.layout = rank_layout()

@@ -2,23 +2,28 @@
 
 Trainers call back right before each optimizer step, once the gradients are
 final (accumulated over micro-batches, unscaled from AMP). A callback hands
-that optimizer to :meth:`TrainerRecording.before_step`, and gradprobe records,
+that optimizer to :meth:`TrainerHooks.before_step`, and gradprobe records,
 and with a clip policy clips, exactly the gradients the step is about to use,
-through the same streams, layer names and clip appliers as
+through the same step buffers, layer names and clip appliers as
 :func:`gradprobe.watch`. Nothing is patched in torch: only the trainer's model
 is recorded, and only while its trainer runs.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable, Mapping
 
 import torch
 
+from gradprobe.policies import Policy
 from gradprobe.pytorch.naming import ParamNamer
 from gradprobe.pytorch.recorder import TorchRecorder
-from gradprobe.session import Session, describe_exception
+from gradprobe.recording.options import SessionOptions
+from gradprobe.recording.session import DEFAULT_EVERY, DEFAULT_FLUSH_EVERY, DEFAULT_FLUSH_SECONDS, Session
+from gradprobe.recording.session import describe_exception
+from gradprobe.store import DEFAULT_ROOT
 
 
 def outcome(exc: BaseException | None) -> tuple[str, str | None]:
@@ -30,7 +35,7 @@ def outcome(exc: BaseException | None) -> tuple[str, str | None]:
     return "crashed", describe_exception(exc)
 
 
-class TrainerRecording:
+class TrainerHooks:
     """One run recorded from a trainer's callbacks.
 
     ``models``: ``{label: module}`` whose parameters are recorded (one entry:
@@ -90,3 +95,30 @@ class TrainerRecording:
         self.recorder.remove()
         status, error = outcome(exc)
         self.session.close(status, error=error)
+
+
+class TrainerCallbackBase:
+    """What the Lightning and Hugging Face callbacks share: their options, checked when the callback
+    is made, and the :class:`TrainerHooks` of the run being recorded (``recording``, ``path``).
+
+    ``out``: folder for run directories; ``every``: per-layer statistics
+    every N optimizer steps (global norm, loss and clip scale every step);
+    ``name``: the run's folder name (default: timestamped); ``clip``: a clip
+    policy spec applied right before each optimizer step, instead of the
+    trainer's own clipping; ``flush_every`` / ``flush_seconds``: how often
+    buffered statistics are written.
+    """
+
+    def __init__(
+        self,
+        out: str | os.PathLike = DEFAULT_ROOT,
+        every: int = DEFAULT_EVERY,
+        name: str | None = None,
+        clip: "str | Policy | None" = None,
+        flush_every: int = DEFAULT_FLUSH_EVERY,
+        flush_seconds: float = DEFAULT_FLUSH_SECONDS,
+    ):
+        super().__init__()
+        self.options = SessionOptions.parse(out, name, every, flush_every, flush_seconds, clip)
+        self.recording: TrainerHooks | None = None
+        self.path: Path | None = None

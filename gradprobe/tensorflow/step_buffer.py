@@ -1,6 +1,6 @@
 """One Keras optimizer's steps, kept in TensorFlow variables and copied to the host every flush.
 
-Every step writes one row of :data:`~gradprobe.buffers.STEP_COLUMNS` into a
+Every step writes one row of :data:`~gradprobe.store.columns.STEP_COLUMNS` into a
 ring of ``flush_every`` rows; every ``every`` steps it also writes per-layer
 L2 norm, max-abs, non-finite count and parameter norm. All of it is graph
 code (a ``tf.function`` of gradprobe's own, inlined into the script's
@@ -10,7 +10,7 @@ function and never copies a value to the host on an ordinary step.
 The host reads the buffers when they are full or ``flush_seconds`` have
 passed: from inside the graph, through a ``tf.numpy_function`` that runs only
 on those steps, or, where that op cannot run (XLA-compiled functions, Keras
-``fit``), from the host between steps (:meth:`TFStream.flush`). Step counters
+``fit``), from the host between steps (:meth:`TFStepBuffer.flush`). Step counters
 live on the host CPU, so deciding whether to flush never waits for an
 accelerator. Under XLA there is no clock op, so step times are spread evenly
 between flushes.
@@ -26,13 +26,13 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.python.ops.resource_variable_ops import ResourceVariable
 
-from gradprobe.buffers import LAYER_STATS, STEP_COLUMNS, layers_columns, steps_columns
-from gradprobe.interrupts import critical
-from gradprobe.session import Session
+from gradprobe.store.columns import LAYER_STATS, STEP_COLUMNS, layers_columns, steps_columns
+from gradprobe.recording.deferred_signals import critical
+from gradprobe.recording.session import Session
 from gradprobe.tensorflow.naming import LayerName, variable_device
 from gradprobe.tensorflow.norms import dense_values, max_abs, nonfinite_counts, sum_squares
+from gradprobe.tensorflow.variables import buffer_variable
 
 # The optimizer's own clipping: ("clipnorm" | "global_clipnorm" | "clipvalue", value).
 OptimizerClip = tuple[str, float]
@@ -47,13 +47,6 @@ class PolicyStep(NamedTuple):
     scale: tf.Tensor
     threshold: tf.Tensor
     skipped: tf.Tensor
-
-
-def buffer_variable(initial: Callable[[], tf.Tensor], device: str | None) -> ResourceVariable:
-    """A plain variable created outside any graph being traced, even under a distribution
-    strategy's scope (only one replica writes it); ``device`` None: TensorFlow's placement."""
-    with tf.init_scope(), tf.device(device):
-        return ResourceVariable(initial(), trainable=False)
 
 
 def _same_device(a: str, b: str) -> bool:
@@ -73,7 +66,7 @@ def clipped_norm(clip: OptimizerClip, grads: list[tf.Tensor], squares: tf.Tensor
     return tf.sqrt(tf.reduce_sum(sum_squares([tf.clip_by_value(g, -value, value) for g in grads])))
 
 
-class TFStream:
+class TFStepBuffer:
     """Records the steps of one optimizer into device buffers (see the module docstring)."""
 
     def __init__(self, session: Session, index: int, variables: Sequence[Any], names: Sequence[LayerName],
@@ -117,7 +110,7 @@ class TFStream:
         self._record = tf.function(self._record_graph, autograph=False)
 
     def positions(self, keys: Sequence[Any]) -> list[int | None]:
-        """The position in this stream of each variable key (None: not recorded)."""
+        """The position in this buffer of each variable key (None: not recorded)."""
         return [self.position.get(key) for key in keys]
 
     def steps_taken(self) -> int:
