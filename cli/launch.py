@@ -25,7 +25,7 @@ EVERY = typer.Option(DEFAULT_EVERY, "--every", min=1,
                      help="Record per-layer norms every N steps (the global norm is recorded at every step).")
 MAX_STEPS = typer.Option(None, "--max-steps", min=1, help="End the script cleanly after N optimizer steps.")
 SEED = typer.Option(None, "--seed", help="Seed Python, NumPy, PyTorch and TensorFlow before the script "
-                    "runs (a script that seeds itself overrides it).")
+                    "runs; seeds the script sets itself are mixed with it.")
 QUIET = typer.Option(False, "--quiet", "-q", help="No live view on stderr (it is shown only when stderr is a "
                      "terminal).")
 FLUSH_EVERY = typer.Option(DEFAULT_FLUSH_EVERY, "--flush-every", min=1,

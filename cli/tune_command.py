@@ -7,6 +7,7 @@ from typing import List, Optional
 
 import typer
 
+from gradprobe.errors import GradprobeError
 from gradprobe.cli.launch import ARGS, EVERY, OUT, SCRIPT, script_args
 
 
@@ -26,21 +27,33 @@ def tune(
                              "of the CPU threads)."),
     timeout: Optional[float] = typer.Option(None, "--timeout", min=1, help="Seconds after which a trial is "
                                             "stopped and counted as failed."),
+    budget: Optional[float] = typer.Option(None, "--budget", min=1, help="Seconds the whole tune may take: "
+                                           "no trial starts after that, and a running one is stopped."),
+    metric: Optional[str] = typer.Option(None, "--metric", help="Score each trial by the last number this "
+                                         "regular expression matches in the script's output (its one group, "
+                                         "else the whole match), e.g. 'val_loss=([0-9.e+-]+)', instead of the "
+                                         "training loss."),
+    maximize: bool = typer.Option(False, "--maximize", help="With --metric: higher is better (e.g. accuracy)."),
     out: Path = OUT, name: Optional[str] = typer.Option(None, "--name", help="Tune directory name."),
     every: int = EVERY,
 ) -> None:
     """Try clip policies in short, seeded trials of SCRIPT and choose the one that trains best.
 
-    [bold]gradprobe tune train.py --steps 300 -- --epochs 1[/bold]
-    [bold]gradprobe tune train.py --candidates 'none,global-norm:max=1,zclip:z=2.5'[/bold]
+    Options come before SCRIPT; everything after SCRIPT goes to the script:
+
+    [bold]gradprobe tune --steps 300 train.py -- --epochs 1[/bold]
+    [bold]gradprobe tune --candidates 'none,global-norm:max=1,zclip:z=2.5' train.py[/bold]
+    [bold]gradprobe tune --metric 'val_acc=([0-9.]+)' --maximize --budget 1800 train.py[/bold]
 
     Profiles SCRIPT, derives candidates (no clipping, global-norm at the 50th,
-    90th, 95th and 99th percentile of the norms, AutoClip, ZClip), runs each
-    for the same number of steps with the same seed, scores it by its smoothed
-    final loss (penalising exploding, non-finite and failed trials), repeats the
-    best two and no clipping with other seeds, and picks the least intrusive
-    policy within run-to-run noise of the best. Writes tune.json and, when a
-    clip policy wins, recommendation.json for run --clip-from / apply --from.
+    90th, 95th and 99th percentile of the norms and at 1 and 0.25 where they
+    would clip, AutoClip, ZClip), runs each for the same number of steps with
+    the same seed, scores it by its smoothed final loss or --metric (penalising
+    exploding, non-finite and failed trials), repeats the best two and no
+    clipping with other seeds (which also vary the seeds the script sets
+    itself), and picks the least intrusive policy within run-to-run noise of
+    the best. Writes tune.json and, when a clip policy wins,
+    recommendation.json for run --clip-from / apply --from.
     """
     from gradprobe.launcher import check_script
     from gradprobe.reports.tune_progress import TuneProgress
@@ -50,11 +63,13 @@ def tune(
     from gradprobe.tuning import tune as run_tune
     from gradprobe.tuning.candidates import parse_candidates
 
+    if maximize and metric is None:
+        raise GradprobeError("--maximize needs --metric (the training loss is always minimised)")
     check_script(script)
     source = resolve_run(from_run) if from_run else None
     config = TuneConfig(script, script_args(args), steps or (None if source else 200), source,
                         parse_candidates(candidates) if candidates else None, seed, repeats, jobs, every, out, name,
-                        timeout)
+                        timeout, metric, maximize, budget)
     with TuneProgress() as progress:
         result = run_tune(config, progress)
     render_tune(result)

@@ -18,7 +18,8 @@ def render_tune(result: TuneResult, console: Console | None = None) -> None:
     console = console or stdout_console()
     table = Table(title=f"gradprobe tune: {result.path}", title_justify="left")
     for column, justify in (("#", "right"), ("candidate", "left"), ("spec", "left"), ("score", "right"),
-                            ("± std", "right"), ("trials", "right"), ("clipped", "right"), ("status", "left")):
+                            ("± std", "right"), ("trials", "right"), ("clipped", "right"), ("s/trial", "right"),
+                            ("status", "left")):
         table.add_column(column, justify=justify)
     repeats = max((len(s.scores) for s in result.ranking), default=1)
     once = [s for s in result.ranking if len(s.scores) < repeats]
@@ -30,12 +31,14 @@ def render_tune(result: TuneResult, console: Console | None = None) -> None:
         table.add_row(
             f"{rank}{' *' if chosen else ''}", summary.label, summary.spec or "-", fmt(summary.mean),
             "-" if math.isnan(summary.std) else fmt(summary.std), str(len(summary.scores)),
-            f"{summary.clip_fraction:.0%}", f"[{style}]{summary.status}[/{style}]" if style else summary.status,
+            f"{summary.clip_fraction:.0%}", _seconds(result, summary.spec),
+            f"[{style}]{summary.status}[/{style}]" if style else summary.status,
             style="bold" if chosen else None,
         )
     console.print(table)
-    console.print("score: median recorded loss over the last 10% of steps (lower is better), averaged over the "
-                  "seeds" + ("; candidates below the line ran with the first seed only" if once else ""),
+    console.print(f"score: {_score_meaning(result)}, averaged over the seeds"
+                  + ("; candidates below the line ran with the first seed only" if once else "")
+                  + f"; {len(result.trials)} trials took {sum(t.seconds for t in result.trials):.0f} s",
                   highlight=False)
     console.print(f"verdict: {result.verdict}", highlight=False)
     if result.chosen is None:
@@ -44,5 +47,18 @@ def render_tune(result: TuneResult, console: Console | None = None) -> None:
         console.print("chosen: no clipping")
     else:
         console.print(f"chosen: [bold]{result.chosen.spec}[/bold]", highlight=False)
-        console.print(f"use it: gradprobe run --clip-from {result.path} SCRIPT   or   "
-                      f"gradprobe apply SCRIPT --from {result.path}", highlight=False)
+        console.print(f"use it: gradprobe run --clip-from {result.path} SCRIPT", highlight=False, soft_wrap=True)
+        console.print(f"    or: gradprobe apply SCRIPT --from {result.path}", highlight=False, soft_wrap=True)
+
+
+def _seconds(result: TuneResult, spec: str | None) -> str:
+    """Mean wall time of a candidate's trials."""
+    seconds = [t.seconds for t in result.trials if t.candidate.spec == spec]
+    return f"{sum(seconds) / len(seconds):.1f}" if seconds else "-"
+
+
+def _score_meaning(result: TuneResult) -> str:
+    config = result.config
+    if config is None or config.metric is None:
+        return "median recorded loss over the last 10% of steps (lower is better)"
+    return f"last value of --metric {config.metric!r} ({'higher' if config.maximize else 'lower'} is better)"

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 
 import gradprobe
 from conftest import run_cli
 from gradprobe.errors import GradprobeError
 from gradprobe.tuning import Summary, TrialScore, score_run
-from gradprobe.tuning.candidates import NO_CLIPPING, parse_candidates
-from gradprobe.tuning.scoring import better_than
+from gradprobe.tuning.candidates import NO_CLIPPING, derive_candidates, parse_candidates
+from gradprobe.policies.global_norm import GlobalNorm
+from gradprobe.policies.history import History, spec_number
+from gradprobe.tuning.scoring import better_than, metric_value
 
 # Two corrupted batches blow an unclipped two-layer network up; clipped, it trains on.
 SPIKY = """
@@ -80,9 +84,45 @@ def test_significance_follows_penalty_then_welch_test():
     noisy_a, noisy_b = _summary([1.0, 2.0, 1.5]), _summary([1.2, 2.1, 1.4])
     assert better_than(noisy_a, noisy_b)[0] is False
     diverged = _summary([0.1, 0.1, 0.1], "diverged")
-    assert better_than(bad, diverged) == (True, 0.0)
+    significant, p = better_than(bad, diverged)
+    assert significant is True and math.isnan(p)  # the penalty decides; no test ran, so no p-value
     assert better_than(_summary([1.0]), _summary([2.0]))[0] is None
-    assert better_than(_summary([1.0, 1.0]), _summary([2.0, 2.0])) == (True, 0.0)
+    # Repeats that scored exactly the same measure no noise: nothing is called significant, and no p = 0.
+    significant, p = better_than(_summary([1.0, 1.0]), _summary([2.0, 2.0]))
+    assert significant is None and math.isnan(p)
+    assert _summary([1.0, 1.0]).identical and not _summary([1.0, 1.1]).identical
+
+
+def test_the_p_value_is_welchs_one_sided_test_in_the_scores_direction():
+    a, b = [1.0, 1.2, 0.9, 1.1], [1.4, 1.3, 1.8, 1.2]
+    expected = stats.ttest_ind(a, b, equal_var=False, alternative="less").pvalue
+    assert better_than(_summary(a), _summary(b)) == (expected < 0.05, pytest.approx(expected, rel=1e-12))
+    # Higher is better (--maximize): b is the better one, by the same test the other way round.
+    high_a, high_b = (Summary("c", "spec", [TrialScore("ok", v) for v in values], True) for values in (a, b))
+    assert better_than(high_b, high_a)[1] == pytest.approx(expected, rel=1e-12)
+    assert high_b.rank_key() < high_a.rank_key() and _summary(a).rank_key() < _summary(b).rank_key()
+
+
+def test_metric_value_is_the_last_number_the_pattern_matches():
+    text = "epoch 1 val_loss=0.52\nnoise val_loss=nan?\nepoch 2 val_loss=3.5e-01 acc=0.9\nval_loss=oops\n"
+    assert metric_value(text, re.compile(r"val_loss=([0-9.e+-]+)")) == 0.35
+    assert metric_value(text, re.compile(r"(?<=acc=)[0-9.]+")) == 0.9
+    assert metric_value(text, re.compile(r"missing=([0-9.]+)")) is None
+
+
+def _history(norms):
+    empty = np.empty((0, 0))
+    return History(np.asarray(norms, dtype=np.float64), empty, empty, empty)
+
+
+def test_tune_tries_the_small_fixed_thresholds_that_would_clip():
+    norms = np.linspace(0.5, 20.0, 200)
+    specs = dict(GlobalNorm.tune_candidates(_history(norms)))
+    percentiles = {f"global-norm p{p:g}": f"global-norm:max={spec_number(np.percentile(norms, p))}"
+                   for p in (50, 90, 95, 99)}
+    assert specs == {**percentiles, "global-norm 1": "global-norm:max=1", "global-norm 0.25": "global-norm:max=0.25"}
+    quiet = dict(GlobalNorm.tune_candidates(_history(np.linspace(0.05, 0.6, 50))))
+    assert "global-norm 0.25" in quiet and "global-norm 1" not in quiet  # 1 would never clip these
 
 
 @pytest.mark.parametrize("nan_from", [None, 37])
@@ -119,7 +159,13 @@ def test_tune_picks_clipping_that_trains_a_spiky_script_better(tmp_path, write_s
     chosen = document["chosen"]
     assert chosen is not None
     trials = document["trials"]
-    assert len(trials) == 7 + 3  # no clipping + six derived policies, then the best two and no clipping again
+    # The profile (the first trial) ran past norms of 1: the fixed thresholds 1 and 0.25 are candidates too.
+    profile = gradprobe.load_run(tmp_path / "tunes" / "spiky" / trials[0]["run"])
+    assert trials[0]["spec"] is None and profile.steps["global_norm"].max() > 1
+    derived = {c.spec for c in derive_candidates(profile)}
+    assert {"global-norm:max=1", "global-norm:max=0.25", None} <= derived
+    assert {t["spec"] for t in trials} == derived
+    assert len(trials) == len(derived) + 3  # each candidate once, then the best two and no clipping again
     unclipped = [final_loss(tmp_path / "tunes" / "spiky" / t["run"]) for t in trials if t["spec"] is None]
     picked = [final_loss(tmp_path / "tunes" / "spiky" / t["run"]) for t in trials if t["spec"] == chosen]
     assert len(picked) == 2 and max(picked) < min(unclipped)
@@ -232,3 +278,105 @@ def test_tune_runs_tensorflow_trials_seeded_and_clipped(tmp_path, write_script):
     # Both trials ran with seed 0: the same data and initial weights, so the same first gradient.
     first = [run.steps["global_norm"].iloc[0] for run in runs.values()]
     assert first[0] == pytest.approx(first[1], rel=1e-6)
+
+
+# Seeds itself, trains on noisy data and prints a held-out loss every 10 steps.
+SELF_SEEDED = """
+import torch
+torch.manual_seed(0)
+w = torch.randn(8, 1)
+x, x_val = torch.randn(512, 8), torch.randn(256, 8)
+y, y_val = x @ w + 0.3 * torch.randn(512, 1), x_val @ w
+model = torch.nn.Linear(8, 1)
+opt = torch.optim.SGD(model.parameters(), lr=0.05)
+for step in range(40):
+    idx = torch.randint(0, 512, (16,))
+    loss = torch.nn.functional.mse_loss(model(x[idx]), y[idx])
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    if step % 10 == 9:
+        with torch.no_grad():
+            print(f"step {step} val_loss={torch.nn.functional.mse_loss(model(x_val), y_val).item():.6f}")
+"""
+
+# No randomness at all: every seed trains the same way.
+DETERMINISTIC = """
+import torch
+x = torch.linspace(-1, 1, 64).reshape(32, 2)
+y = x.sum(1, keepdim=True)
+model = torch.nn.Linear(2, 1)
+with torch.no_grad():
+    model.weight.fill_(0.1)
+    model.bias.zero_()
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+for step in range(20):
+    loss = torch.nn.functional.mse_loss(model(x), y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+"""
+
+
+@pytest.mark.slow
+def test_tune_scores_the_printed_metric_and_varies_a_self_seeded_script(tmp_path, write_script):
+    script = write_script(SELF_SEEDED)
+    result = run_cli("tune", "--steps", "50", "--repeats", "3", "--candidates", "none,global-norm:max=0.5",
+                     "--metric", r"val_loss=([0-9.]+)", "--out", "tunes", "--name", "m", str(script),
+                     cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr
+    directory = tmp_path / "tunes" / "m"
+    document = json.loads((directory / "tune.json").read_text())
+    scores: dict = {}
+    for trial in document["trials"]:
+        printed = re.findall(r"val_loss=([0-9.]+)", (directory / trial["log"]).read_text())
+        assert len(printed) == 4 and trial["score"] == float(printed[-1])
+        assert trial["seconds"] > 0
+        scores.setdefault(trial["spec"], []).append(trial["score"])
+    assert {len(v) for v in scores.values()} == {3}
+    # The script fixes torch's seed, yet the repeats differ: --seed reached its own manual_seed.
+    assert all(len(set(v)) == 3 for v in scores.values())
+    ranked = sorted(scores, key=lambda spec: np.mean(scores[spec]))
+    best, other = ranked
+    expected = stats.ttest_ind(scores[best], scores[other], equal_var=False, alternative="less").pvalue
+    label = {t["spec"]: t["candidate"] for t in document["trials"]}
+    assert document["p_values"][label[other]] == pytest.approx(expected, rel=1e-9)
+    assert "val_loss" in result.stdout and "p = 0 " not in result.stdout
+
+
+@pytest.mark.slow
+def test_tune_says_so_when_repeats_with_other_seeds_are_identical(tmp_path, write_script):
+    script = write_script(DETERMINISTIC)
+    result = run_cli("tune", "--steps", "20", "--repeats", "2", "--candidates", "none,global-norm:max=0.05",
+                     "--out", "tunes", "--name", "d", str(script), cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr
+    document = json.loads((tmp_path / "tunes" / "d" / "tune.json").read_text())
+    finals = {}
+    for trial in document["trials"]:
+        finals.setdefault(trial["spec"], []).append(final_loss(tmp_path / "tunes" / "d" / trial["run"]))
+    assert all(len(v) == 2 and v[0] == v[1] for v in finals.values())
+    assert all(row["identical_repeats"] for row in document["ranking"])
+    assert document["p_values"] == {}
+    assert "scored exactly the same" in document["verdict"] and "significant" in document["verdict"]
+
+
+def test_a_budget_stops_the_running_trial_and_starts_no_other(tmp_path, write_script):
+    # Twenty steps of 0.2 s: the first trial outlasts the 2 s budget.
+    script = write_script(DETERMINISTIC.replace("    opt.step()", "    opt.step()\n    __import__('time').sleep(0.2)"))
+    result = run_cli("tune", "--steps", "20", "--repeats", "3", "--budget", "2", "--candidates",
+                     "none,global-norm:max=0.05,global-norm:max=0.5,zclip:z=2.5", "--out", "tunes", "--name", "b",
+                     str(script), cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr
+    document = json.loads((tmp_path / "tunes" / "b" / "tune.json").read_text())
+    [trial] = document["trials"]
+    assert trial["spec"] is None and trial["status"] == "failed" and trial["error"].startswith("timed out after")
+    # Not started: the other three candidates, then no clipping's two repeats (the only candidate with a trial).
+    assert document["skipped"] == 3 + 2
+    assert "--budget of 2 s ran out: 5 planned trials were not run" in document["verdict"]
+
+
+def test_maximize_without_a_metric_is_a_one_line_error(tmp_path, write_script):
+    script = write_script(DETERMINISTIC)
+    result = run_cli("tune", "--maximize", "--out", "tunes", str(script), cwd=tmp_path)
+    assert result.returncode != 0 and "--maximize needs --metric" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "tunes").exists()

@@ -44,6 +44,9 @@ class GlobalNorm(GlobalPolicy):
     strategy: ClassVar = "percentile"
     default_percentile: ClassVar = 95.0
     TUNE_PERCENTILES: ClassVar = (50.0, 90.0, 95.0, 99.0)
+    # Fixed thresholds tune also tries: the value everyone types, and the classic recurrent-model
+    # recipe's small one; percentiles of a history that already holds the damage can all be far above.
+    TUNE_FIXED: ClassVar = (1.0, 0.25)
     max: float
     norm: str = "2"
 
@@ -58,8 +61,13 @@ class GlobalNorm(GlobalPolicy):
 
     @classmethod
     def tune_candidates(cls, history: History) -> list[tuple[str, str]]:
+        """The percentile thresholds, then each fixed one that lies below the largest recorded norm
+        (above it, it would never clip: the same as no clipping)."""
         found = [(p, cls.suggest(history, p)) for p in cls.TUNE_PERCENTILES]
-        return [(f"{cls.name} p{p:g}", s.spec) for p, s in found if s is not None]
+        candidates = [(f"{cls.name} p{p:g}", s.spec) for p, s in found if s is not None]
+        largest = percentile(history.global_norms, 100.0)
+        fixed = [m for m in cls.TUNE_FIXED if math.isfinite(largest) and m < largest]
+        return candidates + [(f"{cls.name} {spec_number(m)}", f"{cls.name}:max={spec_number(m)}") for m in fixed]
 
     def torch_call(self) -> tuple[str, dict[str, float]]:
         return "clip_grad_norm_", {"max_norm": self.max, **({"norm_type": math.inf} if self.norm == "inf" else {})}

@@ -4,7 +4,7 @@ Python's and NumPy's generators are seeded at once; PyTorch's and
 TensorFlow's when the script imports them, so seeding never imports a
 framework the script does not use. Keras 3 draws its default seeds from
 Python's generator, so Keras models are covered too. A script that seeds
-itself overrides these seeds.
+itself gets its own seeds mixed with ``--seed`` (:mod:`gradprobe.recording.reseeding`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import sys
 from typing import Callable
 
 import numpy as np
+
+from gradprobe.recording.reseeding import reseeding
 
 Callback = Callable[[object], None]
 
@@ -42,16 +44,17 @@ def seeded(callbacks: dict[str, Callback], seed: int | None) -> dict[str, Callba
     random.seed(seed)
     np.random.seed(seed % 2**32)
     seeders = {"torch": _seed_torch(seed), "tensorflow": _seed_tensorflow(seed), "keras": _seed_tensorflow(seed)}
+    reseeders = reseeding(seed)
     combined = dict(callbacks)
-    for name, seeder in seeders.items():
-        combined[name] = _chain(seeder, callbacks.get(name))
+    for name in seeders.keys() | reseeders.keys():
+        combined[name] = _chain(seeders.get(name), callbacks.get(name), reseeders.get(name))
     return combined
 
 
-def _chain(first: Callback, then: Callback | None) -> Callback:
-    def both(module: object) -> None:
-        first(module)
-        if then is not None:
-            then(module)
+def _chain(*callbacks: Callback | None) -> Callback:
+    def in_order(module: object) -> None:
+        for callback in callbacks:
+            if callback is not None:
+                callback(module)
 
-    return both
+    return in_order

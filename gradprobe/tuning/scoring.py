@@ -2,7 +2,9 @@
 
 A trial's **score** is its smoothed final loss: the median recorded loss over
 the last :data:`FINAL_FRACTION` of its steps (at least :data:`MIN_FINAL_STEPS`;
-the median, so that one bad batch at the end does not decide), lower is better. Trials are ranked first by a penalty, then by score:
+the median, so that one bad batch at the end does not decide), lower is better;
+or, with ``--metric``, the last value of a held-out metric the script prints
+(lower or, with ``--maximize``, higher is better). Trials are ranked first by a penalty, then by score:
 
 * ``ok`` (0): finite loss and gradients throughout;
 * ``exploding`` (1): the explosion detector found a critical, sustained growth
@@ -13,12 +15,15 @@ the median, so that one bad batch at the end does not decide), lower is better. 
 
 A candidate tried with several seeds is summarised by its worst penalty and
 its mean score. Two candidates with the same penalty differ significantly
-when Welch's t-test on their scores gives p < :data:`ALPHA`.
+when Welch's t-test on their scores gives p < :data:`ALPHA`. Repeats that
+score exactly the same give no noise estimate, so no difference between two
+such candidates is called significant.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -50,8 +55,20 @@ class TrialScore:
         return PENALTIES[self.status]
 
 
-def score_run(run: Run) -> TrialScore:
-    """Score a finished trial's run (its first optimizer's steps)."""
+def metric_value(text: str, pattern: re.Pattern[str]) -> float | None:
+    """The last value ``pattern`` matches in ``text`` (its first group, else the whole match), or None."""
+    value = None
+    for match in pattern.finditer(text):
+        try:
+            value = float(match.group(1) if pattern.groups else match.group(0))
+        except ValueError:
+            continue
+    return value
+
+
+def score_run(run: Run, metric: float | None = None) -> TrialScore:
+    """Score a finished trial's run (its first optimizer's steps); ``metric``, the value the script
+    printed for ``--metric``, replaces the smoothed final loss as the score."""
     streams = [s for s in split_streams(run) if not s.steps.empty]
     if not streams:
         return TrialScore("failed", error=run.meta.get("error") or "no steps recorded")
@@ -63,7 +80,8 @@ def score_run(run: Run) -> TrialScore:
     skipped = steps["skipped"].to_numpy(dtype=bool)
     clipped = (steps["clip_scale"].to_numpy(dtype=np.float64) < 1.0) | skipped
     tail = loss[-max(MIN_FINAL_STEPS, math.ceil(FINAL_FRACTION * len(loss))):]
-    score = TrialScore("ok", float(quiet(np.nanmedian, tail)), len(steps), float(clipped.mean()))
+    value = float(quiet(np.nanmedian, tail)) if metric is None else metric
+    score = TrialScore("ok", value, len(steps), float(clipped.mean()))
     grads = steps["global_norm"].to_numpy(dtype=np.float64)
     if run.meta.get("status") == "crashed":
         score.status, score.error = "failed", run.meta.get("error")
@@ -81,6 +99,7 @@ class Summary:
     label: str
     spec: str | None
     scores: list[TrialScore] = field(default_factory=list)
+    higher_is_better: bool = False
 
     @property
     def penalty(self) -> int:
@@ -108,24 +127,31 @@ class Summary:
         return float(self.values.std(ddof=1)) if len(self.scores) > 1 else math.nan
 
     @property
+    def identical(self) -> bool:
+        """Whether several trials with different seeds scored exactly the same."""
+        return len(self.scores) > 1 and bool(np.all(self.values == self.values[0]))
+
+    @property
     def clip_fraction(self) -> float:
         """Mean share of steps the policy clipped or skipped."""
         return float(np.mean([s.clip_fraction for s in self.scores]))
 
     def rank_key(self) -> tuple[int, float]:
-        """Sort key: penalty, then mean score (NaN last)."""
-        mean = self.mean
+        """Sort key: penalty, then mean score, best first (NaN last)."""
+        mean = -self.mean if self.higher_is_better else self.mean
         return self.penalty, mean if math.isfinite(mean) else math.inf
 
 
 def better_than(a: Summary, b: Summary) -> tuple[bool | None, float]:
-    """Whether ``a`` is significantly better than ``b``, and the p-value (None: cannot tell,
-    fewer than two trials each)."""
+    """Whether ``a`` is significantly better than ``b``, and Welch's p-value (NaN where no test ran).
+
+    A worse penalty decides without a test. None (cannot tell): fewer than two
+    trials each, or both candidates' repeats identical, so that the noise is
+    unknown rather than zero."""
     if a.penalty != b.penalty:
-        return a.penalty < b.penalty, 0.0
-    if len(a.scores) < 2 or len(b.scores) < 2:
+        return a.penalty < b.penalty, math.nan
+    if len(a.scores) < 2 or len(b.scores) < 2 or (a.identical and b.identical):
         return None, math.nan
-    if a.std == 0 and b.std == 0:  # the script ignores the seed: every difference is real
-        return a.mean < b.mean, 0.0 if a.mean != b.mean else 1.0
-    p = float(quiet(stats.ttest_ind, a.values, b.values, equal_var=False, alternative="less").pvalue)
+    direction = "greater" if a.higher_is_better else "less"
+    p = float(quiet(stats.ttest_ind, a.values, b.values, equal_var=False, alternative=direction).pvalue)
     return p < ALPHA, p

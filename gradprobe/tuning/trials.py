@@ -3,9 +3,12 @@ child process, for a fixed number of optimizer steps, with a fixed seed."""
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +17,7 @@ from gradprobe.errors import RunFormatError
 from gradprobe.store import load_run
 from gradprobe.store.writer import META_FILE
 from gradprobe.tuning.candidates import Candidate
-from gradprobe.tuning.scoring import TrialScore, score_run
+from gradprobe.tuning.scoring import TrialScore, metric_value, score_run
 
 # Trials flush this often, so that progress read from their run directories advances smoothly.
 TRIAL_FLUSH_EVERY = 20
@@ -34,6 +37,7 @@ class TrialPlan:
     directory: Path
     timeout: float | None = None
     threads: int | None = None
+    metric: re.Pattern[str] | None = None
 
     def command(self, candidate: Candidate, seed: int, name: str) -> list[str]:
         """The ``gradprobe`` command line of one trial."""
@@ -62,6 +66,7 @@ class Trial:
     log_path: Path
     exit_code: int | None
     score: TrialScore
+    seconds: float = math.nan
 
     def to_dict(self) -> dict[str, Any]:
         """The trial as ``tune.json`` lists it (run and log paths relative to the tune directory)."""
@@ -69,29 +74,43 @@ class Trial:
             "candidate": self.candidate.label, "spec": self.candidate.spec, "seed": self.seed,
             "status": self.score.status, "score": self.score.score, "steps": self.score.steps,
             "clip_fraction": self.score.clip_fraction, "exit_code": self.exit_code, "error": self.score.error,
-            "run": self.run_path.name, "log": self.log_path.name,
+            "seconds": self.seconds, "run": self.run_path.name, "log": self.log_path.name,
         }
 
 
-def run_trial(plan: TrialPlan, candidate: Candidate, seed: int, name: str) -> Trial:
-    """Run one trial to its end (or its timeout) and score its run; never raises for the trial's own failure."""
+def run_trial(plan: TrialPlan, candidate: Candidate, seed: int, name: str, timeout: float | None = None) -> Trial:
+    """Run one trial to its end (or its timeout: ``timeout``, else the plan's) and score its run; never
+    raises for the trial's own failure."""
     run_path, log_path = plan.directory / name, plan.directory / f"{name}.log"
+    timeout = timeout if timeout is not None else plan.timeout
     exit_code: int | None = None
     error = None
+    started = time.monotonic()
     with open(log_path, "w", encoding="utf-8") as log:
         try:
             exit_code = subprocess.run(plan.command(candidate, seed, name), stdout=log, stderr=subprocess.STDOUT,
-                                       env=plan.environment(seed), timeout=plan.timeout).returncode
+                                       env=plan.environment(seed), timeout=timeout).returncode
         except subprocess.TimeoutExpired:
-            error = f"timed out after {plan.timeout:g} s"
+            error = f"timed out after {timeout:g} s"
+    seconds = time.monotonic() - started
     if error is None and (run_path / META_FILE).is_file():
-        try:
-            score = score_run(load_run(run_path))
-        except RunFormatError as exc:
-            score = TrialScore("failed", error=str(exc))
+        score = _score(plan, run_path, log_path)
     else:
         score = TrialScore("failed", error=error or _last_line(log_path))
-    return Trial(candidate, seed, name, run_path, log_path, exit_code, score)
+    return Trial(candidate, seed, name, run_path, log_path, exit_code, score, seconds)
+
+
+def _score(plan: TrialPlan, run_path: Path, log_path: Path) -> TrialScore:
+    metric = None
+    if plan.metric is not None:
+        metric = metric_value(log_path.read_text(encoding="utf-8", errors="replace"), plan.metric)
+        if metric is None:
+            return TrialScore("failed", error=f"--metric {plan.metric.pattern!r} matched no number in the "
+                              "trial's output")
+    try:
+        return score_run(load_run(run_path), metric)
+    except RunFormatError as exc:
+        return TrialScore("failed", error=str(exc))
 
 
 def _last_line(path: Path) -> str:
