@@ -14,8 +14,9 @@ from gradprobe.cli.launch import ARGS, EVERY, OUT, SCRIPT, script_args
 def tune(
     script: str = SCRIPT,
     args: Optional[List[str]] = ARGS,
-    steps: Optional[int] = typer.Option(None, "--steps", "-n", min=1, help="Optimizer steps per trial "
-                                        "(default: as many as the --from run recorded, else 200)."),
+    steps: Optional[int] = typer.Option(None, "--steps", "-n", min=1, help="End each trial after N optimizer "
+                                        "steps (default: the whole script with --from or --metric, so that "
+                                        "it reaches its own evaluation; else 200)."),
     from_run: Optional[str] = typer.Option(None, "--from", help="Derive candidates from this recorded run "
                                            "instead of profiling first."),
     candidates: List[str] = typer.Option([], "--candidates", help="Clip specs to try instead of the derived "
@@ -67,7 +68,7 @@ def tune(
         raise GradprobeError("--maximize needs --metric (the training loss is always minimised)")
     check_script(script)
     source = resolve_run(from_run) if from_run else None
-    config = TuneConfig(script, script_args(args), steps or (None if source else 200), source,
+    config = TuneConfig(script, script_args(args), steps or (None if source or metric else 200), source,
                         parse_candidates(candidates) if candidates else None, seed, repeats, jobs, every, out, name,
                         timeout, metric, maximize, budget)
     with TuneProgress() as progress:

@@ -43,7 +43,7 @@ class TuneProgress(TuneObserver):
     def planned(self, total: int) -> None:
         self.progress.update(self.total, total=total)
 
-    def started(self, name: str, candidate: Candidate, seed: int, run_path: Path, steps: int) -> None:
+    def started(self, name: str, candidate: Candidate, seed: int, run_path: Path, steps: int | None) -> None:
         with self.lock:
             task = self.progress.add_task(f"  {name} {candidate.label} (seed {seed})", total=steps)
             self.running[name] = (task, run_path)

@@ -32,7 +32,7 @@ class TrialPlan:
 
     script: str
     args: tuple[str, ...]
-    steps: int
+    steps: int | None  # None: the script runs to its own end
     every: int
     directory: Path
     timeout: float | None = None
@@ -42,8 +42,9 @@ class TrialPlan:
     def command(self, candidate: Candidate, seed: int, name: str) -> list[str]:
         """The ``gradprobe`` command line of one trial."""
         mode = ["profile"] if candidate.spec is None else ["run", "--clip", candidate.spec]
+        cut = ["--max-steps", str(self.steps)] if self.steps is not None else []
         return [sys.executable, "-m", "gradprobe", *mode, "--out", str(self.directory), "--name", name,
-                "--max-steps", str(self.steps), "--every", str(self.every), "--seed", str(seed),
+                *cut, "--every", str(self.every), "--seed", str(seed),
                 "--flush-every", str(TRIAL_FLUSH_EVERY),
                 self.script, "--", *self.args]
 

@@ -1,7 +1,7 @@
 """Running a tune: profile, derive candidates, try each, repeat the best, choose, write ``tune.json``.
 
-Every trial runs the script for the same number of optimizer steps with the
-same seed; the two best candidates and no clipping are then repeated with
+Every trial runs the script for the same number of optimizer steps (the
+script's own length when no step count is given) with the same seed; the two best candidates and no clipping are then repeated with
 seeds ``seed+1 ... seed+repeats-1`` to measure run-to-run noise. Among the
 candidates that are not significantly worse than the best
 (:func:`~gradprobe.tuning.scoring.better_than`), the least intrusive one
@@ -77,8 +77,9 @@ class TuneObserver:
     def planned(self, total: int) -> None:
         """``total`` trials are planned so far."""
 
-    def started(self, name: str, candidate: Candidate, seed: int, run_path: Path, steps: int) -> None:
-        """A trial of ``steps`` optimizer steps starts; its run will be written to ``run_path``."""
+    def started(self, name: str, candidate: Candidate, seed: int, run_path: Path, steps: int | None) -> None:
+        """A trial of ``steps`` optimizer steps (None: not known) starts; its run will be written to
+        ``run_path``."""
 
     def finished(self, trial: Trial) -> None:
         """A trial ended (successfully or not)."""
@@ -89,19 +90,16 @@ def tune(config: TuneConfig, observer: TuneObserver | None = None) -> TuneResult
     observer = observer or TuneObserver()
     if config.repeats < 1 or config.jobs < 1:
         raise GradprobeError("--repeats and --jobs must be positive integers")
-    steps = config.steps or (_recorded_steps(config.source) if config.source else None)
-    if not steps:
-        raise GradprobeError("give the trial length with --steps N")
     stem = Path(config.script).stem
     result = TuneResult(create_run_dir(config.out, f"tune-{stem}", config.name), config=config)
     threads = max(1, (os.cpu_count() or 1) // config.jobs) if config.jobs > 1 else None
-    plan = TrialPlan(config.script, tuple(config.args), steps, config.every, result.path, config.timeout, threads,
+    plan = TrialPlan(config.script, tuple(config.args), config.steps, config.every, result.path, config.timeout, threads,
                      _metric_pattern(config.metric))
     runner = _Runner(plan, result, config, observer)
 
     candidates = list(config.candidates or [])
+    source = config.source
     if not candidates:
-        source = config.source
         if source is None:
             observer.planned(1)
             profiled = runner.run([(Candidate(NO_CLIPPING, None), config.seed)])
@@ -113,6 +111,8 @@ def tune(config: TuneConfig, observer: TuneObserver | None = None) -> TuneResult
                                      f"({profile.score.error}); see {profile.log_path}")
             source = load_run(profile.run_path)
         candidates = derive_candidates(source)
+    if config.steps is None and source is not None:
+        runner.expected_steps = _recorded_steps(source)
     first_round = [(c, config.seed) for c in candidates if not runner.tried(c, config.seed)]
     observer.planned(len(first_round) + len(runner.trials))
     runner.run(first_round)
@@ -157,6 +157,7 @@ class _Runner:
         self.observer = observer
         self.trials = result.trials
         self.deadline = time.monotonic() + config.budget if config.budget is not None else None
+        self.expected_steps = plan.steps  # what the progress counts to (None: not known yet)
 
     def tried(self, candidate: Candidate, seed: int) -> bool:
         return any(t.candidate.spec == candidate.spec and t.seed == seed for t in self.trials)
@@ -186,7 +187,7 @@ class _Runner:
             if left <= 0:
                 return None
             timeout = min(timeout, left) if timeout is not None else left
-        self.observer.started(name, candidate, seed, self.plan.directory / name, self.plan.steps)
+        self.observer.started(name, candidate, seed, self.plan.directory / name, self.expected_steps)
         return run_trial(self.plan, candidate, seed, name, timeout)
 
     def save(self) -> None:
