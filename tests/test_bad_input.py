@@ -30,6 +30,8 @@ from gradprobe.store.schema import FORMAT_VERSION, TABLES
 from conftest import run_cli
 from test_analysis_support import noisy, write_run
 
+pytestmark = pytest.mark.hostile("malformed run files")  # every case here is counted in the summary
+
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                         HealthCheck.too_slow])
 

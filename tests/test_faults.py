@@ -22,6 +22,8 @@ from torch import nn  # noqa: E402
 import gradprobe  # noqa: E402
 from conftest import run_cli  # noqa: E402
 
+pytestmark = pytest.mark.hostile("process, disk and tensor faults")  # every case here is counted in the summary
+
 # Trains until killed; after each step writes how many steps it has taken (for the kill -9 test).
 ENDLESS = """
 import itertools, os, torch
@@ -55,6 +57,33 @@ for step in range(60):
     losses.append(loss.item())
 print(repr(losses))
 print(repr(model.weight.detach().flatten().tolist()))
+"""
+
+# Trains until killed on data that depends only on the step; run as `train.py N` without gradprobe it
+# stops after N steps and writes each step's loss and per-parameter gradient norms (torch's own).
+DETERMINISTIC = """
+import itertools, json, os, sys, time, torch
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+opt = torch.optim.SGD(model.parameters(), lr=0.01)
+truth = int(sys.argv[1]) if len(sys.argv) > 1 else None
+done = None if truth else os.open("done", os.O_WRONLY | os.O_CREAT)
+rows = []
+for step in itertools.count() if truth is None else range(truth):
+    g = torch.Generator().manual_seed(step)
+    x, y = torch.randn(16, 4, generator=g), torch.randn(16, 2, generator=g)
+    opt.zero_grad()
+    loss = torch.nn.functional.mse_loss(model(x), y)
+    loss.backward()
+    if truth:
+        rows.append({"loss": loss.item(),
+                     **{n: torch.linalg.vector_norm(p.grad).item() for n, p in model.named_parameters()}})
+    opt.step()
+    if done is not None:
+        os.pwrite(done, f"{step + 1:012d}".encode(), 0)
+        time.sleep(0.002)
+if truth:
+    json.dump(rows, open("truth.json", "w"))
 """
 
 
@@ -128,6 +157,59 @@ def test_kill_9_loses_at_most_one_flush_interval_and_the_report_says_so(tmp_path
     assert "ended abruptly" in markdown.stdout
     listing = run_cli("ls", "runs", cwd=tmp_path)
     assert "ended abruptly" in listing.stdout
+
+
+KILLS = 20
+
+
+@pytest.mark.slow
+@pytest.mark.hostile("kill -9 consistency")
+def test_kill_9_at_random_times_always_leaves_a_prefix_of_the_true_steps(tmp_path):
+    """20 kills at random times (during start-up for some): every recorded step is a true step, in
+    order from step 0, with the loss and per-layer norms torch computes without gradprobe, and the
+    steps lost are at most one flush interval."""
+    flush_every = 16
+    (tmp_path / "train.py").write_text(DETERMINISTIC)
+    rng = np.random.default_rng(17)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    outcomes = []
+    for kill in range(KILLS):
+        cwd = tmp_path / f"kill{kill}"
+        cwd.mkdir()
+        proc = subprocess.Popen([sys.executable, "-m", "gradprobe", "profile", "-q", "--out", "runs", "--every", "1",
+                                 "--flush-every", str(flush_every), str(tmp_path / "train.py")], cwd=cwd,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        if kill % 4 == 0:  # anywhere from start-up on
+            time.sleep(rng.uniform(0, 4))
+        else:  # while it trains
+            wait_for(lambda here=cwd: (here / "done").exists(), proc)
+            time.sleep(rng.uniform(0, 1.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        taken = int((cwd / "done").read_bytes() or 0) if (cwd / "done").exists() else 0
+        runs = list((cwd / "runs").glob("*/run.json")) if (cwd / "runs").exists() else []
+        parts = list((cwd / "runs").glob("*/parts/*.parquet")) if (cwd / "runs").exists() else []
+        if not runs:  # killed before the run was created: nothing recorded, nothing half-written
+            assert parts == [] and taken == 0
+            outcomes.append((taken, None))
+            continue
+        outcomes.append((taken, only_run(cwd / "runs")))
+    longest = max(len(run.steps) for _, run in outcomes if run is not None)
+    assert longest >= 2 * flush_every  # the kills did land during training
+    subprocess.run([sys.executable, str(tmp_path / "train.py"), str(longest)], cwd=tmp_path, check=True, env=env)
+    truth = json.loads((tmp_path / "truth.json").read_text())
+    for taken, run in outcomes:
+        if run is None:
+            continue
+        steps = run.steps
+        assert run.meta["status"] == "running" and run.ended_abruptly
+        assert list(steps["step"]) == list(range(len(steps)))  # a prefix, in order, nothing repeated
+        assert 0 <= taken + 1 - len(steps) <= flush_every  # recorded before the update: at most one more
+        np.testing.assert_allclose(steps["loss"], [row["loss"] for row in truth[:len(steps)]], rtol=1e-6)
+        layers = run.layers
+        assert len(layers) == 4 * len(steps)
+        for name, rows in layers.groupby("name", observed=True):
+            np.testing.assert_allclose(rows["norm"], [truth[step][name] for step in rows["step"]], rtol=1e-5)
 
 
 @pytest.mark.slow

@@ -22,6 +22,8 @@ from gradprobe.store import RunWriter
 from conftest import run_cli
 from test_analysis_support import noisy, write_run
 
+pytestmark = pytest.mark.hostile("hostile names and files")  # every case here is counted in the summary
+
 NAMES = [
     "enc.\x1b[31mred\x1b[0m.weight",
     "enc.[bold red]markup[/].bias",

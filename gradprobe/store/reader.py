@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gradprobe.errors import RunFormatError
+from gradprobe.errors import RunFormatError, visible
 from gradprobe.store.json_file import JSONFileError, MiB, read_json_file
 from gradprobe.store.schema import FORMAT_VERSION, STATUSES, TABLES
 from gradprobe.store.shards import combine_layers, combine_steps
@@ -149,7 +149,7 @@ def read_table(path: Path, table: str) -> pd.DataFrame:
         try:
             data = pq.read_table(part)
         except (OSError, pa.ArrowException) as exc:
-            print(f"gradprobe: skipping unreadable part {part}: {exc}", file=sys.stderr)
+            print(f"gradprobe: skipping unreadable part {visible(part)}: {visible(exc)}", file=sys.stderr)
             continue
         missing = [name for name in schema.names if name not in data.column_names]
         if missing:
@@ -273,7 +273,7 @@ def list_runs(root: str | os.PathLike = DEFAULT_ROOT) -> list[Run]:
             try:
                 runs.append(Run(child))
             except RunFormatError as exc:
-                print(f"gradprobe: skipping {exc}", file=sys.stderr)
+                print(f"gradprobe: skipping {visible(exc)}", file=sys.stderr)
     return sorted(runs, key=lambda run: (run.meta.get("start_time") or 0, run.name))
 
 
