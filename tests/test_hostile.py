@@ -420,3 +420,13 @@ def test_numbers_in_specs_take_ascii_digits_only(tmp_path, value):
     one_error_line(run_cli("run", "--clip", f"global-norm:max={value}", "train.py", cwd=tmp_path),
                    "global-norm: max=", "is not a number")
     assert not (tmp_path / "started").exists()
+
+
+@pytest.mark.hostile("unbounded read")
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
+@pytest.mark.parametrize("command", [["profile"], ["apply", "--clip", "global-norm:max=1"]], ids=["profile", "apply"])
+def test_a_script_that_is_a_fifo_or_a_device_is_refused_at_once(tmp_path, kind, command):
+    _make_special(tmp_path / "train.py", kind)
+    result = run_cli(*command, "train.py", cwd=tmp_path, timeout=60)
+    one_error_line(result, "train.py", "not a regular file")
+    assert not (tmp_path / "gradprobe-runs").exists()
