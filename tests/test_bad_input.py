@@ -323,3 +323,24 @@ def test_the_python_api_checks_the_same_ceilings(settings, problem):
     with pytest.raises(GradprobeError, match=re.escape(problem)):
         Sampling(**settings)
 
+
+
+@pytest.mark.hostile("unbounded read")
+def test_the_json_bounds_are_exact(tmp_path):
+    from gradprobe.store.json_file import MAX_DEPTH, MAX_DIGITS, MAX_TEXT, JSONFileError, read_json_file
+
+    file = tmp_path / "doc.json"
+    cases = [("[" * MAX_DEPTH + "]" * MAX_DEPTH, None), ("[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1), "nested"),
+             ("9" * MAX_DIGITS, None), ("-" + "9" * (MAX_DIGITS + 1), "digits"), ("1" * 2 + " " * 98, None)]
+    for text, problem in cases:
+        file.write_text(text)
+        if problem is None:
+            assert read_json_file(file, 100) == json.loads(text)
+        else:
+            with pytest.raises(JSONFileError, match=problem):
+                read_json_file(file, 100)
+    file.write_text(" " * 101)
+    with pytest.raises(JSONFileError, match="larger than 100 bytes"):
+        read_json_file(file, 100)
+    file.write_text(json.dumps({"a": ["x" * (MAX_TEXT + 5), "y" * MAX_TEXT]}))
+    assert read_json_file(file, 1 << 20) == {"a": ["x" * MAX_TEXT + "... (5 more characters)", "y" * MAX_TEXT]}

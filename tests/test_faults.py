@@ -159,58 +159,54 @@ def test_kill_9_loses_at_most_one_flush_interval_and_the_report_says_so(tmp_path
     assert "ended abruptly" in listing.stdout
 
 
-KILLS = 20
+KILL_FLUSH_EVERY = 16
+# The script sleeps 2 ms a step and a kill lands at most 4 s after the start: fewer steps than this.
+TRUE_STEPS = 2500
+
+
+@pytest.fixture(scope="module")
+def true_steps(tmp_path_factory) -> list[dict]:
+    """Loss and per-parameter gradient norms of DETERMINISTIC's first steps, run without gradprobe."""
+    where = tmp_path_factory.mktemp("truth")
+    (where / "train.py").write_text(DETERMINISTIC)
+    subprocess.run([sys.executable, "train.py", str(TRUE_STEPS)], cwd=where, check=True,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return json.loads((where / "truth.json").read_text())
 
 
 @pytest.mark.slow
 @pytest.mark.hostile("kill -9 consistency")
-def test_kill_9_at_random_times_always_leaves_a_prefix_of_the_true_steps(tmp_path):
-    """20 kills at random times (during start-up for some): every recorded step is a true step, in
-    order from step 0, with the loss and per-layer norms torch computes without gradprobe, and the
-    steps lost are at most one flush interval."""
-    flush_every = 16
+@pytest.mark.parametrize("kill", range(20))
+def test_kill_9_at_a_random_time_leaves_a_prefix_of_the_true_steps(tmp_path, true_steps, kill):
+    """Killed at a random time (from start-up on for every fourth kill, else while it trains), the run
+    holds true steps only, in order from step 0, with the losses and per-layer norms torch computes
+    without gradprobe, and the steps lost are at most one flush interval."""
     (tmp_path / "train.py").write_text(DETERMINISTIC)
-    rng = np.random.default_rng(17)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    outcomes = []
-    for kill in range(KILLS):
-        cwd = tmp_path / f"kill{kill}"
-        cwd.mkdir()
-        proc = subprocess.Popen([sys.executable, "-m", "gradprobe", "profile", "-q", "--out", "runs", "--every", "1",
-                                 "--flush-every", str(flush_every), str(tmp_path / "train.py")], cwd=cwd,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-        if kill % 4 == 0:  # anywhere from start-up on
-            time.sleep(rng.uniform(0, 4))
-        else:  # while it trains
-            wait_for(lambda here=cwd: (here / "done").exists(), proc)
-            time.sleep(rng.uniform(0, 1.5))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
-        taken = int((cwd / "done").read_bytes() or 0) if (cwd / "done").exists() else 0
-        runs = list((cwd / "runs").glob("*/run.json")) if (cwd / "runs").exists() else []
-        parts = list((cwd / "runs").glob("*/parts/*.parquet")) if (cwd / "runs").exists() else []
-        if not runs:  # killed before the run was created: nothing recorded, nothing half-written
-            assert parts == [] and taken == 0
-            outcomes.append((taken, None))
-            continue
-        outcomes.append((taken, only_run(cwd / "runs")))
-    longest = max(len(run.steps) for _, run in outcomes if run is not None)
-    assert longest >= 2 * flush_every  # the kills did land during training
-    subprocess.run([sys.executable, str(tmp_path / "train.py"), str(longest)], cwd=tmp_path, check=True, env=env)
-    truth = json.loads((tmp_path / "truth.json").read_text())
-    for taken, run in outcomes:
-        if run is None:
-            continue
-        steps = run.steps
-        assert run.meta["status"] == "running" and run.ended_abruptly
-        assert list(steps["step"]) == list(range(len(steps)))  # a prefix, in order, nothing repeated
-        assert 0 <= taken + 1 - len(steps) <= flush_every  # recorded before the update: at most one more
-        np.testing.assert_allclose(steps["loss"], [row["loss"] for row in truth[:len(steps)]], rtol=1e-6)
-        layers = run.layers
-        assert len(layers) == 4 * len(steps)
-        for name, rows in layers.groupby("name", observed=True):
-            np.testing.assert_allclose(rows["norm"], [truth[step][name] for step in rows["step"]], rtol=1e-5)
-
+    delay = np.random.default_rng(kill).uniform(0, 4 if kill % 4 == 0 else 1.5)
+    proc = subprocess.Popen([sys.executable, "-m", "gradprobe", "profile", "-q", "--out", "runs", "--every", "1",
+                             "--flush-every", str(KILL_FLUSH_EVERY), "train.py"], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if kill % 4:
+        wait_for(lambda: (tmp_path / "done").exists(), proc)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    taken = int((tmp_path / "done").read_bytes() or 0) if (tmp_path / "done").exists() else 0
+    assert kill % 4 == 0 or taken >= 1  # the kill landed during training
+    if not list(tmp_path.glob("runs/*/run.json")):  # killed before the run was created
+        assert taken == 0 and list(tmp_path.glob("runs/*/parts/*.parquet")) == []
+        return
+    run = only_run(tmp_path / "runs")
+    steps = run.steps
+    assert run.meta["status"] == "running" and run.ended_abruptly
+    assert len(steps) <= TRUE_STEPS and list(steps["step"]) == list(range(len(steps)))  # a prefix, in order
+    assert 0 <= taken + 1 - len(steps) <= KILL_FLUSH_EVERY  # recorded before the update: at most one more
+    np.testing.assert_allclose(steps["loss"], [row["loss"] for row in true_steps[:len(steps)]], rtol=1e-6)
+    layers = run.layers
+    assert len(layers) == 4 * len(steps)
+    for name, rows in layers.groupby("name", observed=True):
+        np.testing.assert_allclose(rows["norm"], [true_steps[step][name] for step in rows["step"]], rtol=1e-5)
 
 @pytest.mark.slow
 def test_leftovers_of_a_write_cut_short_are_ignored_or_named(tmp_path):

@@ -62,7 +62,8 @@ def _read_text(file: Path, max_bytes: int) -> str:
         except OSError as exc:
             raise JSONFileError(f"cannot be read ({exc.strerror or exc})") from None
     if len(data) > max_bytes:
-        raise JSONFileError(f"larger than {max_bytes // MiB} MiB")
+        limit = f"{max_bytes // MiB} MiB" if max_bytes >= MiB else f"{max_bytes} bytes"
+        raise JSONFileError(f"larger than {limit}")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
