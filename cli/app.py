@@ -15,7 +15,7 @@ from gradprobe.cli.apply_command import apply
 from gradprobe.cli.export_command import export
 from gradprobe.cli.launch import SCRIPT_CONTEXT, profile, run
 from gradprobe.cli.tune_command import tune
-from gradprobe.errors import GradprobeError
+from gradprobe.errors import GradprobeError, visible
 from gradprobe.policies import strategies
 from gradprobe.reports.escape import one_line
 from gradprobe.store import DEFAULT_ROOT
@@ -78,7 +78,7 @@ def _deliver(text: str, output: Optional[Path]) -> None:
         sys.stdout.write(text)
         return
     write_output(text, output)
-    print(f"gradprobe: wrote {output}", file=sys.stderr)
+    print(f"gradprobe: wrote {visible(output)}", file=sys.stderr)
 
 
 @app.command()
@@ -176,7 +176,7 @@ def recommend(
         print(json.dumps({"recommendations": [plain_json(r.to_dict()) for r in recommendations]}, indent=2))
     else:
         render_recommendations(recommendations)
-    print(f"gradprobe: wrote {path}", file=sys.stderr)
+    print(f"gradprobe: wrote {visible(path)}", file=sys.stderr)
 
 
 @app.command()

@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import typer
 
-from gradprobe.errors import GradprobeError
+from gradprobe.errors import GradprobeError, visible
 from gradprobe.recording.session import DEFAULT_EVERY, DEFAULT_FLUSH_EVERY, MAX_EVERY, MAX_FLUSH_EVERY
 from gradprobe.store import DEFAULT_ROOT
 
@@ -85,7 +85,7 @@ def launch(script: str, args: Optional[List[str]], out: Path, name: Optional[str
     with live_view(session, quiet or not session.recording):
         outcome = run_script(session, script, args_list, seed)
     if session.path is not None:
-        print(f"gradprobe: run {outcome.status} -> {session.path}", file=sys.stderr)
+        print(f"gradprobe: run {outcome.status} -> {visible(session.path)}", file=sys.stderr)
     reraise_signal(outcome)
     raise typer.Exit(outcome.exit_code)
 

@@ -430,3 +430,15 @@ def test_a_script_that_is_a_fifo_or_a_device_is_refused_at_once(tmp_path, kind, 
     result = run_cli(*command, "train.py", cwd=tmp_path, timeout=60)
     one_error_line(result, "train.py", "not a regular file")
     assert not (tmp_path / "gradprobe-runs").exists()
+
+
+@pytest.mark.hostile("invisible characters")
+def test_paths_in_progress_messages_are_escaped_too(tmp_path):
+    (tmp_path / "ok.py").write_text("print('ran')\n")
+    profiled = run_cli("profile", "-q", "--out", "runs\x1b[31m\u202e", "ok.py", cwd=tmp_path)
+    run_dir = next((tmp_path / "runs\x1b[31m\u202e").iterdir())
+    written = run_cli("report", str(run_dir), "-f", "markdown", "-o", "report\u2066.md", cwd=tmp_path)
+    for result in (profiled, written):
+        assert result.returncode == 0 and result.stderr.strip(), result.stderr
+        assert not INVISIBLE.search(result.stderr.replace("\n", "")) and "\\u" in result.stderr
+    assert profiled.stdout == "ran\n" and (tmp_path / "report\u2066.md").is_file()
