@@ -12,7 +12,12 @@ from typing import List, Optional
 import typer
 
 from gradprobe.errors import GradprobeError, visible
-from gradprobe.recording.session import DEFAULT_EVERY, DEFAULT_FLUSH_EVERY, MAX_EVERY, MAX_FLUSH_EVERY
+from gradprobe.recording.session import (
+    DEFAULT_EVERY,
+    DEFAULT_FLUSH_EVERY,
+    MAX_EVERY,
+    MAX_FLUSH_EVERY,
+)
 from gradprobe.store import DEFAULT_ROOT
 
 SCRIPT_CONTEXT = {"allow_interspersed_args": False}

@@ -327,7 +327,13 @@ def test_the_python_api_checks_the_same_ceilings(settings, problem):
 
 @pytest.mark.hostile("unbounded read")
 def test_the_json_bounds_are_exact(tmp_path):
-    from gradprobe.store.json_file import MAX_DEPTH, MAX_DIGITS, MAX_TEXT, JSONFileError, read_json_file
+    from gradprobe.store.json_file import (
+        MAX_DEPTH,
+        MAX_DIGITS,
+        MAX_TEXT,
+        JSONFileError,
+        read_json_file,
+    )
 
     file = tmp_path / "doc.json"
     cases = [("[" * MAX_DEPTH + "]" * MAX_DEPTH, None), ("[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1), "nested"),
