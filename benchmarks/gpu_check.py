@@ -49,12 +49,13 @@ import torch.nn.functional as F
 from torch import nn
 
 import gradprobe
+from gradprobe.recording.session import MAX_FLUSH_EVERY
 
 POLICIES = ("global-norm:max=1", "global-norm:max=1,norm=inf", "layer-norm:max=0.5", "value:max=0.01",
             "scaled-value:c=1", "sign:max=0.5", "autoclip:p=10", "zclip:z=2.5", "agc:lambda=0.05",
             "skip:sigma=6,window=16", "zclip:z=2.5+skip:sigma=6,window=16")
 PRECISIONS = ("fp32", "fp16-gradscaler", "bf16")
-NEVER_FLUSH = {"flush_every": 10**6, "flush_seconds": 1e9}
+NEVER_FLUSH = {"flush_every": MAX_FLUSH_EVERY, "flush_seconds": 1e9}  # far more steps than any part times
 
 
 # -- the models --------------------------------------------------------------------------------

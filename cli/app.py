@@ -15,8 +15,9 @@ from gradprobe.cli.apply_command import apply
 from gradprobe.cli.export_command import export
 from gradprobe.cli.launch import SCRIPT_CONTEXT, profile, run
 from gradprobe.cli.tune_command import tune
-from gradprobe.errors import GradprobeError
+from gradprobe.errors import GradprobeError, visible
 from gradprobe.policies import strategies
+from gradprobe.reports.escape import one_line
 from gradprobe.store import DEFAULT_ROOT
 
 app = typer.Typer(
@@ -77,7 +78,7 @@ def _deliver(text: str, output: Optional[Path]) -> None:
         sys.stdout.write(text)
         return
     write_output(text, output)
-    print(f"gradprobe: wrote {output}", file=sys.stderr)
+    print(f"gradprobe: wrote {visible(output)}", file=sys.stderr)
 
 
 @app.command()
@@ -175,7 +176,7 @@ def recommend(
         print(json.dumps({"recommendations": [plain_json(r.to_dict()) for r in recommendations]}, indent=2))
     else:
         render_recommendations(recommendations)
-    print(f"gradprobe: wrote {path}", file=sys.stderr)
+    print(f"gradprobe: wrote {visible(path)}", file=sys.stderr)
 
 
 @app.command()
@@ -228,20 +229,50 @@ def list_command(
     render_run_list(list_runs(root))
 
 
+# Typer's UsageError: click's own, or the copy newer Typer versions vendor.
+UsageError = next(cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "UsageError")
+
+
 def main() -> None:
-    """Console entry point: user errors become one line on stderr and exit status 2, unexpected
-    ones a one-line internal error and exit status 1; ``--debug`` adds the traceback."""
+    """Console entry point: usage and user errors become one line on stderr and exit status 2,
+    unexpected ones a one-line internal error and exit status 1; ``--debug`` adds the traceback."""
     try:
-        app(prog_name="gradprobe")
+        code = app(prog_name="gradprobe", standalone_mode=False)
+    except UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `gradprobe`: the help, as before
+            exc.show()
+        else:
+            _error(usage_message(exc))
+        sys.exit(exc.exit_code)
     except GradprobeError as exc:
         _show_traceback()
-        print(f"gradprobe: error: {exc}", file=sys.stderr)
+        _error(str(exc))
         sys.exit(2)
+    except typer.Abort:
+        print("gradprobe: aborted", file=sys.stderr)
+        sys.exit(1)
     except Exception as exc:
         _show_traceback()
         hint = "" if _debug else " (run `gradprobe --debug ...` for the traceback)"
-        print(f"gradprobe: internal error: {type(exc).__name__}: {exc}{hint}", file=sys.stderr)
+        print(f"gradprobe: internal error: {type(exc).__name__}: {one_line(exc)}{hint}", file=sys.stderr)
         sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def usage_message(exc: Exception) -> str:
+    """A usage error as one sentence: the option it is about, what is wrong, where help is."""
+    hint = getattr(exc, "param_hint", None) or getattr(getattr(exc, "param", None), "opts", None)
+    about = ""
+    if hint and type(exc).__name__ != "MissingParameter":  # "Missing argument 'script'" names it
+        about = " / ".join(hint) if isinstance(hint, (list, tuple)) else str(hint)
+        about = about.replace("'", "") + ": "
+    message = getattr(exc, "message", None) if about else None
+    command = getattr(getattr(exc, "ctx", None), "command_path", "gradprobe")
+    return f"{about}{message or exc.format_message()} (see `{command} --help`)"
+
+
+def _error(message: str) -> None:
+    print(f"gradprobe: error: {one_line(message)}", file=sys.stderr)
 
 
 def _show_traceback() -> None:

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from gradprobe.errors import GradprobeError
+from gradprobe.errors import GradprobeError, visible
 
 
 def apply(
@@ -49,9 +49,9 @@ def apply(
     for note in patch.notes:
         print(f"gradprobe: note: {note}", file=sys.stderr)
     if not patch.changed:
-        print(f"gradprobe: {script} already applies {patch.spec}; nothing to change", file=sys.stderr)
+        print(f"gradprobe: {visible(script)} already applies {patch.spec}; nothing to change", file=sys.stderr)
         return
     sys.stdout.write(patch.diff())
     if write:
         write_patch(patch, script)
-        print(f"gradprobe: wrote {script}", file=sys.stderr)
+        print(f"gradprobe: wrote {visible(script)}", file=sys.stderr)

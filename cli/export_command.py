@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from gradprobe.errors import GradprobeError
+from gradprobe.errors import GradprobeError, visible
 from gradprobe.store import DEFAULT_ROOT
 
 
@@ -44,10 +44,10 @@ def export(
     target = resolve_run(run, root)
     if tensorboard is not None:
         path = to_tensorboard(target, tensorboard)
-        print(f"gradprobe: wrote TensorBoard events to {path}", file=sys.stderr)
+        print(f"gradprobe: wrote TensorBoard events to {visible(path)}", file=sys.stderr)
     if csv is not None:
         for path in to_csv(target, csv):
-            print(f"gradprobe: wrote {path}", file=sys.stderr)
+            print(f"gradprobe: wrote {visible(path)}", file=sys.stderr)
     if wandb is not None:
         path = to_wandb(target, wandb, wandb_project)
-        print(f"gradprobe: wrote offline W&B run {path} (upload with `wandb sync {path}`)", file=sys.stderr)
+        print(f"gradprobe: wrote offline W&B run {visible(path)} (upload with `wandb sync {visible(path)}`)", file=sys.stderr)

@@ -11,8 +11,13 @@ from typing import List, Optional
 
 import typer
 
-from gradprobe.errors import GradprobeError
-from gradprobe.recording.session import DEFAULT_EVERY, DEFAULT_FLUSH_EVERY
+from gradprobe.errors import GradprobeError, visible
+from gradprobe.recording.session import (
+    DEFAULT_EVERY,
+    DEFAULT_FLUSH_EVERY,
+    MAX_EVERY,
+    MAX_FLUSH_EVERY,
+)
 from gradprobe.store import DEFAULT_ROOT
 
 SCRIPT_CONTEXT = {"allow_interspersed_args": False}
@@ -21,16 +26,18 @@ SCRIPT = typer.Argument(..., help="The training script to run, unmodified.")
 ARGS = typer.Argument(None, help="Arguments for the script (after SCRIPT or --).")
 OUT = typer.Option(Path(DEFAULT_ROOT), "--out", "-o", help="Root directory of runs.")
 NAME = typer.Option(None, "--name", help="Run directory name (default: time-script).")
-EVERY = typer.Option(DEFAULT_EVERY, "--every", min=1,
+# Processes one command may start: one per core, or per GPU on a node with more GPUs than cores.
+MAX_PROCESSES = max(16, os.cpu_count() or 1)
+EVERY = typer.Option(DEFAULT_EVERY, "--every", min=1, max=MAX_EVERY,
                      help="Record per-layer norms every N steps (the global norm is recorded at every step).")
 MAX_STEPS = typer.Option(None, "--max-steps", min=1, help="End the script cleanly after N optimizer steps.")
 SEED = typer.Option(None, "--seed", help="Seed Python, NumPy, PyTorch and TensorFlow before the script "
                     "runs; seeds the script sets itself are mixed with it.")
 QUIET = typer.Option(False, "--quiet", "-q", help="No live view on stderr (it is shown only when stderr is a "
                      "terminal).")
-FLUSH_EVERY = typer.Option(DEFAULT_FLUSH_EVERY, "--flush-every", min=1,
+FLUSH_EVERY = typer.Option(DEFAULT_FLUSH_EVERY, "--flush-every", min=1, max=MAX_FLUSH_EVERY,
                            help="Copy device buffers to disk every N steps.")
-NPROC = typer.Option(None, "--nproc-per-node", min=1, help="Start N processes with torch's launcher (torchrun), "
+NPROC = typer.Option(None, "--nproc-per-node", min=1, max=MAX_PROCESSES, help="Start N processes with torch's launcher (torchrun), "
                      "each running SCRIPT under gradprobe; the run directory is shared.")
 ALL_RANKS = typer.Option(False, "--all-ranks", help="In a distributed run, record every rank (default: rank 0 "
                          "only), so that ranks whose gradients disagree are reported.")
@@ -83,7 +90,7 @@ def launch(script: str, args: Optional[List[str]], out: Path, name: Optional[str
     with live_view(session, quiet or not session.recording):
         outcome = run_script(session, script, args_list, seed)
     if session.path is not None:
-        print(f"gradprobe: run {outcome.status} -> {session.path}", file=sys.stderr)
+        print(f"gradprobe: run {outcome.status} -> {visible(session.path)}", file=sys.stderr)
     reraise_signal(outcome)
     raise typer.Exit(outcome.exit_code)
 

@@ -7,8 +7,9 @@ from typing import List, Optional
 
 import typer
 
+from gradprobe.cli.launch import ARGS, EVERY, MAX_PROCESSES, OUT, SCRIPT, script_args
 from gradprobe.errors import GradprobeError
-from gradprobe.cli.launch import ARGS, EVERY, OUT, SCRIPT, script_args
+from gradprobe.tuning.tune import MAX_REPEATS, MAX_TIMEOUT
 
 
 def tune(
@@ -22,13 +23,13 @@ def tune(
     candidates: List[str] = typer.Option([], "--candidates", help="Clip specs to try instead of the derived "
                                          "ones, comma-separated ('none' for no clipping; repeatable)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the first round; repeats use seed+1, seed+2, ..."),
-    repeats: int = typer.Option(3, "--repeats", min=1, help="Trials per candidate for the best two and no "
+    repeats: int = typer.Option(3, "--repeats", min=1, max=MAX_REPEATS, help="Trials per candidate for the best two and no "
                                 "clipping, to measure run-to-run noise."),
-    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Trials run in parallel (each gets an equal share "
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, max=MAX_PROCESSES, help="Trials run in parallel (each gets an equal share "
                              "of the CPU threads)."),
-    timeout: Optional[float] = typer.Option(None, "--timeout", min=1, help="Seconds after which a trial is "
+    timeout: Optional[float] = typer.Option(None, "--timeout", min=1, max=MAX_TIMEOUT, help="Seconds after which a trial is "
                                             "stopped and counted as failed."),
-    budget: Optional[float] = typer.Option(None, "--budget", min=1, help="Seconds the whole tune may take: "
+    budget: Optional[float] = typer.Option(None, "--budget", min=1, max=MAX_TIMEOUT, help="Seconds the whole tune may take: "
                                            "no trial starts after that, and a running one is stopped."),
     metric: Optional[str] = typer.Option(None, "--metric", help="Score each trial by the last number this "
                                          "regular expression matches in the script's output (its one group, "

@@ -1,4 +1,12 @@
-"""Exceptions gradprobe raises for problems the user can fix."""
+"""Exceptions gradprobe raises for problems the user can fix, and :func:`visible`, which every
+message and report passes untrusted text (layer names, paths, error messages) through."""
+
+import unicodedata
+
+# Characters that move the cursor, change the terminal, reorder or hide text instead of showing:
+# control characters, format characters (bidi overrides and isolates U+202A-U+202E, U+2066-U+2069,
+# zero-width spaces and joiners, BOM), line and paragraph separators, lone surrogates.
+_HIDDEN = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 
 
 class GradprobeError(Exception):
@@ -7,3 +15,17 @@ class GradprobeError(Exception):
 
 class RunFormatError(GradprobeError):
     """A run directory or one of its files cannot be read."""
+
+
+def visible(text: object) -> str:
+    """``text`` with every control or invisible format character written as ``\\xNN`` or
+    ``\\uNNNN``, so that nothing recorded can drive a terminal or reorder what is shown."""
+    text = str(text)
+    if text.isprintable():  # the common case, at C speed
+        return text
+    return "".join(_escaped(c) if unicodedata.category(c) in _HIDDEN else c for c in text)
+
+
+def _escaped(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"

@@ -53,6 +53,8 @@ def check_script(script: str) -> Path:
         raise GradprobeError(f"script not found: {script}")
     if path.is_dir():
         raise GradprobeError(f"{script} is a directory, not a Python script")
+    if not path.is_file():  # checked without opening: opening a FIFO would wait for a writer
+        raise GradprobeError(f"{script} is not a regular file (a FIFO or a device cannot be checked, then run)")
     try:
         source = path.read_bytes()
     except OSError as exc:

@@ -1,7 +1,8 @@
 """Escaping recorded names (layers, scripts, error messages) for every format that shows them.
 
-Names come from other people's models and scripts, so they may hold HTML, Markdown, rich markup or
-terminal control sequences; each renderer shows them literally through one of these functions.
+Names come from other people's models and scripts, so they may hold HTML, Markdown, rich markup,
+terminal control sequences or bidi overrides; each renderer shows them literally through one of these
+functions, all built on :func:`gradprobe.errors.visible`.
 """
 
 from __future__ import annotations
@@ -11,14 +12,15 @@ import re
 
 from rich.markup import escape as _rich_escape
 
+from gradprobe.errors import visible
+
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_BREAKS = re.compile(r"[\r\n\t]+")
 
 
-def visible(text: object) -> str:
-    """``text`` with control characters (escape sequences, bell, carriage return...) written as
-    ``\\xNN``, so that nothing recorded can drive a terminal."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
+def one_line(text: object) -> str:
+    """``text`` as one line for a message: line breaks and tabs as spaces, then :func:`visible`."""
+    return visible(_BREAKS.sub(" ", str(text)).strip())
 
 
 def terminal(text: object) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 from rich.console import Console
@@ -39,8 +40,22 @@ def render_terminal_text(draw, width: int = 120) -> str:
 
 
 def write_output(text: str, path: Path) -> None:
-    """Write ``text`` to ``path`` (UTF-8), as a one-line error when that fails."""
+    """Write ``text`` to ``path`` (UTF-8), as a one-line error when that fails.
+
+    A regular file (or a new one) is written beside ``path`` and renamed over it, so another name
+    for the old file (a hard link, or the target of a symbolic link at ``path``) keeps its content
+    and a reader never sees half a report; a device or a pipe (``/dev/stdout``) is written into.
+    """
     try:
-        path.write_text(text, encoding="utf-8")
+        if path.exists() and not path.is_file():
+            path.write_text(text, encoding="utf-8")
+            return
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
     except OSError as exc:
         raise GradprobeError(f"cannot write {path}: {exc.strerror or exc}") from None

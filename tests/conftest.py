@@ -1,4 +1,5 @@
-"""Shared fixtures: running the CLI in a subprocess and writing small training scripts."""
+"""Shared fixtures: running the CLI in a subprocess and writing small training scripts; the tally of
+the fault and hostile-input suite (tests marked ``hostile(category)``), printed at the end of the run."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -32,3 +34,33 @@ def write_script(tmp_path: Path):
         return path
 
     return write
+
+
+# -- the fault and hostile-input suite: cases tried and handled right, per category -----------------
+
+_TRIED: Counter = Counter()
+_RIGHT: Counter = Counter()
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    marker = item.get_closest_marker("hostile")
+    if marker is not None:  # carried in the report, so that it also reaches a distributing controller
+        item.user_properties.append(("hostile", marker.args[0]))
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    category = dict(report.user_properties).get("hostile")
+    if category is None or report.when == "teardown" or (report.when == "setup" and report.passed):
+        return
+    _TRIED[category] += 1  # a skip or a setup error counts as tried and not right
+    _RIGHT[category] += report.when == "call" and report.passed
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if not _TRIED:
+        return
+    terminalreporter.section("fault and hostile-input suite")
+    width = max(map(len, _TRIED))
+    for category in sorted(_TRIED):
+        terminalreporter.write_line(f"{category:<{width}}  {_RIGHT[category]:>4} right of {_TRIED[category]:>4} tried")
+    terminalreporter.write_line(f"{'all':<{width}}  {sum(_RIGHT.values()):>4} right of {sum(_TRIED.values()):>4} tried")

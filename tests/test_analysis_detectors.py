@@ -290,7 +290,7 @@ def test_each_optimizer_is_analysed_on_its_own(tmp_path):
     layers = [{"id": i, "name": nm, "shape": [4, 4], "numel": 16, "dtype": "float32", "group": nm[0],
                "optimizer": i} for i, nm in enumerate(["g.w", "d.w"])]
     writer = write_run(tmp_path, "run", calm, np.c_[noisy(300, 0.5, seed=6)], ["g.w"])
-    writer.update(layers=layers)
+    writer.update(layers=layers, optimizers=[{"index": 0}, {"index": 1}])
     write_run(tmp_path, "run", wild, np.c_[wild * 0.9], ["d.w"], optimizer=1, writer=writer, layer_offset=1)
     run = load(tmp_path)
     streams = split_streams(run)

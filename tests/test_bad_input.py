@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -28,6 +29,8 @@ from gradprobe.store.reader import FIELD_TYPES, LAYER_TYPES, read_meta
 from gradprobe.store.schema import FORMAT_VERSION, TABLES
 from conftest import run_cli
 from test_analysis_support import noisy, write_run
+
+pytestmark = pytest.mark.hostile("malformed run files")  # every case here is counted in the summary
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                         HealthCheck.too_slow])
@@ -260,3 +263,90 @@ def test_run_json_values_renderers_cannot_use_are_named(tmp_path, field, value, 
     with pytest.raises(RunFormatError) as info:
         gradprobe.load_run(path)
     assert str(info.value).startswith(f"{path / 'run.json'}: {problem}")
+
+
+# -- options ------------------------------------------------------------------------------------
+
+
+@pytest.mark.hostile("option errors")
+@pytest.mark.parametrize("args, problem", [
+    (["profile", "--every", "0", "train.py"], "--every: Input should be greater than or equal to 1"),
+    (["profile", "--flush-every", "abc", "train.py"], "--flush-every: Input should be a valid integer"),
+    (["profile", "--max-steps", "-5", "train.py"], "--max-steps: Input should be greater than or equal to 1"),
+    (["profile", "--no-such-option", "train.py"], "No such option: --no-such-option"),
+    (["report", "--format", "bogus"], "--format / -f: "),
+    (["profile"], "Missing argument 'script'"),
+    (["tune", "--repeats", "0", "train.py"], "--repeats: "),
+    (["frobnicate"], "No such command 'frobnicate'"),
+])
+def test_an_option_error_is_one_line_and_exit_2(tmp_path, args, problem):
+    (tmp_path / "train.py").write_text("open('started', 'w')\n")
+    result = run_cli(*args, cwd=tmp_path)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("gradprobe: error: ") and problem in lines[0], lines[0]
+    assert lines[0].endswith("--help`)") and result.stdout == ""
+    assert not (tmp_path / "started").exists()
+
+
+@pytest.mark.hostile("option bounds")
+@pytest.mark.parametrize("args, option", [
+    (["profile", "--flush-every", "300000000", "train.py"], "--flush-every"),
+    (["profile", "--flush-every", "9" * 40, "train.py"], "--flush-every"),
+    (["run", "--clip", "global-norm:max=1", "--flush-every", "10001", "train.py"], "--flush-every"),
+    (["profile", "--every", "9" * 30, "train.py"], "--every"),
+    (["profile", "--nproc-per-node", "100000", "train.py"], "--nproc-per-node"),
+    (["tune", "--repeats", "1000000000", "train.py"], "--repeats"),
+    (["tune", "--jobs", "100000", "train.py"], "--jobs"),
+    (["tune", "--timeout", "nan", "train.py"], "--timeout"),
+    (["tune", "--timeout", "1e300", "train.py"], "--timeout"),
+])
+def test_options_that_size_memory_or_processes_have_a_ceiling(tmp_path, args, option):
+    (tmp_path / "train.py").write_text("open('started', 'w')\n")
+    result = run_cli(*args, cwd=tmp_path)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"gradprobe: error: {option}"), \
+        result.stderr
+    assert not (tmp_path / "started").exists() and not (tmp_path / "gradprobe-runs").exists()
+
+
+@pytest.mark.hostile("option bounds")
+@pytest.mark.parametrize("settings, problem", [
+    ({"flush_every": 300_000_000}, "--flush-every must be between 1 and 10000 (got 300000000)"),
+    ({"every": 10**12}, "--every must be between 1 and 1000000000"),
+    ({"flush_every": 0}, "--flush-every must be between 1 and 10000 (got 0)"),
+    ({"flush_seconds": float("nan")}, "flush_seconds must be a positive number"),
+])
+def test_the_python_api_checks_the_same_ceilings(settings, problem):
+    from gradprobe.recording.session import Sampling
+
+    with pytest.raises(GradprobeError, match=re.escape(problem)):
+        Sampling(**settings)
+
+
+
+@pytest.mark.hostile("unbounded read")
+def test_the_json_bounds_are_exact(tmp_path):
+    from gradprobe.store.json_file import (
+        MAX_DEPTH,
+        MAX_DIGITS,
+        MAX_TEXT,
+        JSONFileError,
+        read_json_file,
+    )
+
+    file = tmp_path / "doc.json"
+    cases = [("[" * MAX_DEPTH + "]" * MAX_DEPTH, None), ("[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1), "nested"),
+             ("9" * MAX_DIGITS, None), ("-" + "9" * (MAX_DIGITS + 1), "digits"), ("1" * 2 + " " * 98, None)]
+    for text, problem in cases:
+        file.write_text(text)
+        if problem is None:
+            assert read_json_file(file, 100) == json.loads(text)
+        else:
+            with pytest.raises(JSONFileError, match=problem):
+                read_json_file(file, 100)
+    file.write_text(" " * 101)
+    with pytest.raises(JSONFileError, match="larger than 100 bytes"):
+        read_json_file(file, 100)
+    file.write_text(json.dumps({"a": ["x" * (MAX_TEXT + 5), "y" * MAX_TEXT]}))
+    assert read_json_file(file, 1 << 20) == {"a": ["x" * MAX_TEXT + "... (5 more characters)", "y" * MAX_TEXT]}

@@ -22,6 +22,8 @@ from torch import nn  # noqa: E402
 import gradprobe  # noqa: E402
 from conftest import run_cli  # noqa: E402
 
+pytestmark = pytest.mark.hostile("process, disk and tensor faults")  # every case here is counted in the summary
+
 # Trains until killed; after each step writes how many steps it has taken (for the kill -9 test).
 ENDLESS = """
 import itertools, os, torch
@@ -55,6 +57,33 @@ for step in range(60):
     losses.append(loss.item())
 print(repr(losses))
 print(repr(model.weight.detach().flatten().tolist()))
+"""
+
+# Trains until killed on data that depends only on the step; run as `train.py N` without gradprobe it
+# stops after N steps and writes each step's loss and per-parameter gradient norms (torch's own).
+DETERMINISTIC = """
+import itertools, json, os, sys, time, torch
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+opt = torch.optim.SGD(model.parameters(), lr=0.01)
+truth = int(sys.argv[1]) if len(sys.argv) > 1 else None
+done = None if truth else os.open("done", os.O_WRONLY | os.O_CREAT)
+rows = []
+for step in itertools.count() if truth is None else range(truth):
+    g = torch.Generator().manual_seed(step)
+    x, y = torch.randn(16, 4, generator=g), torch.randn(16, 2, generator=g)
+    opt.zero_grad()
+    loss = torch.nn.functional.mse_loss(model(x), y)
+    loss.backward()
+    if truth:
+        rows.append({"loss": loss.item(),
+                     **{n: torch.linalg.vector_norm(p.grad).item() for n, p in model.named_parameters()}})
+    opt.step()
+    if done is not None:
+        os.pwrite(done, f"{step + 1:012d}".encode(), 0)
+        time.sleep(0.002)
+if truth:
+    json.dump(rows, open("truth.json", "w"))
 """
 
 
@@ -129,6 +158,58 @@ def test_kill_9_loses_at_most_one_flush_interval_and_the_report_says_so(tmp_path
     listing = run_cli("ls", "runs", cwd=tmp_path)
     assert "ended abruptly" in listing.stdout
 
+
+KILL_FLUSH_EVERY = 16
+# The script sleeps 2 ms a step and a kill lands at most 4 s after the start: fewer steps than this.
+TRUE_STEPS = 2500
+
+
+@pytest.fixture(scope="module")
+def true_steps(tmp_path_factory) -> list[dict]:
+    """Loss and per-parameter gradient norms of DETERMINISTIC's first steps, run without gradprobe."""
+    where = tmp_path_factory.mktemp("truth")
+    (where / "train.py").write_text(DETERMINISTIC)
+    subprocess.run([sys.executable, "train.py", str(TRUE_STEPS)], cwd=where, check=True,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return json.loads((where / "truth.json").read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.hostile("kill -9 consistency")
+@pytest.mark.parametrize("kill", range(20))
+def test_kill_9_at_a_random_time_leaves_a_prefix_of_the_true_steps(tmp_path, true_steps, kill):
+    """Killed at a random time (from start-up on for every fourth kill, else while it trains), the run
+    holds true steps only, in order from step 0, with the losses and per-layer norms torch computes
+    without gradprobe, and the steps lost (of step rows or of layer rows) are at most one flush interval."""
+    (tmp_path / "train.py").write_text(DETERMINISTIC)
+    delay = np.random.default_rng(kill).uniform(0, 4 if kill % 4 == 0 else 1.5)
+    proc = subprocess.Popen([sys.executable, "-m", "gradprobe", "profile", "-q", "--out", "runs", "--every", "1",
+                             "--flush-every", str(KILL_FLUSH_EVERY), "train.py"], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if kill % 4:
+        wait_for(lambda: (tmp_path / "done").exists(), proc)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    taken = int((tmp_path / "done").read_bytes() or 0) if (tmp_path / "done").exists() else 0
+    assert kill % 4 == 0 or taken >= 1  # the kill landed during training
+    if not list(tmp_path.glob("runs/*/run.json")):  # killed before the run was created
+        assert taken == 0 and list(tmp_path.glob("runs/*/parts/*.parquet")) == []
+        return
+    run = only_run(tmp_path / "runs")
+    steps = run.steps
+    assert run.meta["status"] == "running" and run.ended_abruptly
+    assert len(steps) <= TRUE_STEPS and list(steps["step"]) == list(range(len(steps)))  # a prefix, in order
+    assert 0 <= taken + 1 - len(steps) <= KILL_FLUSH_EVERY  # recorded before the update: at most one more
+    np.testing.assert_allclose(steps["loss"], [row["loss"] for row in true_steps[:len(steps)]], rtol=1e-6)
+    layers = run.layers
+    # A flush writes the step rows, then the layer rows: a kill in between loses that flush's layer rows.
+    sampled = sorted(set(layers["step"]))
+    assert sampled == list(range(len(sampled))) and len(steps) - KILL_FLUSH_EVERY <= len(sampled) <= len(steps)
+    assert len(layers) == 4 * len(sampled)
+    for name, rows in layers.groupby("name", observed=True):
+        np.testing.assert_allclose(rows["norm"], [true_steps[step][name] for step in rows["step"]], rtol=1e-5)
 
 @pytest.mark.slow
 def test_leftovers_of_a_write_cut_short_are_ignored_or_named(tmp_path):

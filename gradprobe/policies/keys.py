@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,10 +51,9 @@ class Key:
             raise GradprobeError(
                 f"{policy}: {self.name}={text!r} is not valid; choose one of {', '.join(self.choices)}"
             )
-        try:
-            number = float(text)
-        except ValueError:
-            raise GradprobeError(f"{policy}: {self.name}={text!r} is not a number") from None
+        number = _number(text)
+        if number is None:
+            raise GradprobeError(f"{policy}: {self.name}={text!r} is not a number (ASCII digits, e.g. 0.5 or 1e-3)")
         if self.kind == "int":
             if not number.is_integer():
                 raise GradprobeError(f"{policy}: {self.name}={text!r} is not a whole number")
@@ -91,10 +91,18 @@ class Key:
 
 
 def _same_number(text: str, choice: str) -> bool:
-    try:
-        return float(text) == float(choice)
-    except ValueError:
-        return False
+    number = _number(text)
+    return number is not None and number == _number(choice)
+
+
+# The grammar's numbers: ASCII digits only (``float`` alone would also take "１", "١" and "1_000").
+# inf and nan pass here so that the range check can say they are not finite.
+_NUMBER = re.compile(r"[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?|inf(?:inity)?|nan)", re.ASCII | re.IGNORECASE)
+
+
+def _number(text: str) -> float | None:
+    """``text`` as a number when it is one in the spec grammar, else None."""
+    return float(text) if _NUMBER.fullmatch(text) else None
 
 
 def format_value(value: Any) -> str:

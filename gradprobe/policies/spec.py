@@ -55,7 +55,8 @@ def as_policy(spec: "str | Policy") -> Policy:
 
 def _parse_part(part: str, text: str) -> Policy:
     head, colon, body = part.partition(":")
-    name = head.strip().lower()
+    name = head.strip()
+    name = name.lower() if name.isascii() else name  # no lower() turning the Kelvin sign into 'k'
     cls = POLICIES.get(name)
     if cls is None:
         if not name:
@@ -70,7 +71,8 @@ def _parse_part(part: str, text: str) -> Policy:
     items = body.split(",") if colon else []
     for item in items:
         key_text, equals, value = item.partition("=")
-        key_name = key_text.strip().lower()
+        key_name = key_text.strip()
+        key_name = key_name.lower() if key_name.isascii() else key_name
         if not equals or not key_name:
             raise GradprobeError(f"{name}: expected key=value, got {item.strip()!r}; {valid}")
         key = keys.get(key_name)

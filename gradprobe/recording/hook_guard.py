@@ -6,6 +6,7 @@ import functools
 import sys
 from typing import Any, Callable
 
+from gradprobe.errors import visible
 from gradprobe.recording.session import Session, StopTraining
 
 
@@ -46,5 +47,5 @@ class GuardedHooks:
         self.disabled = True
         reason = f"internal error in {where} ({type(exc).__name__}: {exc})"
         stopped = "recording and clipping stopped" if self.policy is not None else "recording stopped"
-        print(f"gradprobe: {reason}; {stopped}, training continues", file=sys.stderr)
+        print(f"gradprobe: {visible(reason)}; {stopped}, training continues", file=sys.stderr)
         self.session.writer.mark_incomplete(reason)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import socket
@@ -21,6 +22,11 @@ from gradprobe.store.writer import DEFAULT_ROOT, RunWriter
 DEFAULT_EVERY = 10
 DEFAULT_FLUSH_EVERY = 100
 DEFAULT_FLUSH_SECONDS = 30.0
+# Device memory held between flushes is flush_every x 24 bytes of step figures plus
+# (flush_every / every + 1) x 20 bytes per parameter tensor: at the ceiling, 240 KB, and at most
+# 200 KB a tensor with --every 1.
+MAX_FLUSH_EVERY = 10_000
+MAX_EVERY = 1_000_000_000  # the per-layer sampling interval stays a 32-bit step count on every device
 
 
 class StopTraining(BaseException):
@@ -47,11 +53,12 @@ class Sampling:
     flush_seconds: float = DEFAULT_FLUSH_SECONDS
 
     def __post_init__(self) -> None:
-        for field in ("every", "flush_every"):
-            if int(getattr(self, field)) < 1:
-                raise GradprobeError(f"--{field.replace('_', '-')} must be a positive integer")
-        if self.flush_seconds <= 0:
-            raise GradprobeError("flush_seconds must be positive")
+        for field, ceiling in (("every", MAX_EVERY), ("flush_every", MAX_FLUSH_EVERY)):
+            value = getattr(self, field)
+            if not 1 <= int(value) <= ceiling:
+                raise GradprobeError(f"--{field.replace('_', '-')} must be between 1 and {ceiling} (got {value})")
+        if not 0 < self.flush_seconds < math.inf:
+            raise GradprobeError(f"flush_seconds must be a positive number of seconds (got {self.flush_seconds})")
 
 
 class Session:

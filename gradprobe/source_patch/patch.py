@@ -81,6 +81,8 @@ def _nothing_found(filename: str, torch_loop: TorchLoop) -> str:
 def patch_file(path: str | os.PathLike, spec: str | Policy) -> SourcePatch:
     """:func:`patch_source` on the file at ``path`` (not written; see :func:`write_patch`)."""
     file = Path(path)
+    if file.exists() and not file.is_file():  # a FIFO or a device: nothing to patch, and opening may block
+        raise GradprobeError(f"{path}: not a regular file")
     try:
         with open(file, encoding="utf-8", newline="") as handle:
             source = handle.read()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import sys
@@ -14,7 +13,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gradprobe.errors import RunFormatError
+from gradprobe.errors import RunFormatError, visible
+from gradprobe.store.json_file import JSONFileError, MiB, read_json_file
 from gradprobe.store.schema import FORMAT_VERSION, STATUSES, TABLES
 from gradprobe.store.shards import combine_layers, combine_steps
 from gradprobe.store.views import view
@@ -46,6 +46,8 @@ FIELD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "incomplete": ((bool,), "true or false"),
     "incomplete_reason": ((str,), "a string"),
 }
+# The layer table takes about 250 bytes a parameter: 64 MiB holds a quarter of a million parameter tensors.
+MAX_META_BYTES = 64 * MiB
 MAX_TIME = 1e11  # Unix seconds, year 5138: later (or NaN) is not a time
 LAYER_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "id": ((int,), "an integer"),
@@ -61,19 +63,11 @@ def read_meta(path: Path) -> dict[str, Any]:
     """Read and validate ``run.json`` of the run directory ``path``."""
     file = Path(path) / META_FILE
     try:
-        text = file.read_text(encoding="utf-8")
+        meta = read_json_file(file, MAX_META_BYTES)
     except FileNotFoundError:
         raise RunFormatError(f"{file}: not found (is {path} a gradprobe run directory?)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RunFormatError(f"{file}: cannot be read ({exc})") from None
-    try:
-        meta = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise RunFormatError(f"{file}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    except ValueError as exc:  # e.g. an integer too long to convert
-        raise RunFormatError(f"{file}: not valid JSON ({exc})") from None
-    except RecursionError:
-        raise RunFormatError(f"{file}: not valid JSON (nested too deeply)") from None
+    except JSONFileError as exc:
+        raise RunFormatError(f"{file}: {exc}") from None
     if not isinstance(meta, dict):
         raise RunFormatError(f"{file}: expected a JSON object, found {type(meta).__name__}")
     version = meta.get("format_version")
@@ -99,7 +93,7 @@ def read_meta(path: Path) -> dict[str, Any]:
             raise RunFormatError(f"{file}: '{key}' must be a Unix time in seconds, found {meta[key]}")
     if meta.get("pid") is not None and not 0 < meta["pid"] < 2**31:
         raise RunFormatError(f"{file}: 'pid' must be a process id, found {meta['pid']}")
-    _check_layers(file, meta.get("layers") or [])
+    _check_layers(file, meta.get("layers") or [], meta.get("optimizers"))
     return meta
 
 
@@ -113,10 +107,12 @@ def _json_type(value: Any) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-def _check_layers(file: Path, layers: list) -> None:
-    """Each entry of ``layers`` has the fields renderers use, with usable types and a unique id."""
+def _check_layers(file: Path, layers: list, optimizers: list | None) -> None:
+    """Each entry of ``layers`` has the fields renderers use, with usable types, a unique id and a
+    unique name, and names an optimizer that ``optimizers`` lists (when it lists any)."""
     problem = f"{file}: 'layers' must be a list of objects with {', '.join(LAYER_FIELDS)}"
-    ids = set()
+    known = {o.get("index", 0) for o in optimizers or []} or None  # None: no optimizer table to check against
+    ids, names = set(), set()
     for layer in layers:
         if not isinstance(layer, dict) or not all(k in layer for k in LAYER_FIELDS):
             raise RunFormatError(problem)
@@ -125,7 +121,16 @@ def _check_layers(file: Path, layers: list) -> None:
                 raise RunFormatError(f"{file}: layer {layer['name']!r}: '{key}' must be {what}")
         if not all(_is(n, (int,)) for n in layer["shape"]) or layer["id"] in ids or layer["id"] < 0:
             raise RunFormatError(f"{file}: layer {layer['name']!r}: bad shape or repeated id {layer['id']}")
+        if layer["name"] in names:
+            raise RunFormatError(f"{file}: layer name {layer['name']!r} appears more than once")
+        owner = layer.get("optimizer")
+        if owner is not None and not _is(owner, (int,)):
+            raise RunFormatError(f"{file}: layer {layer['name']!r}: 'optimizer' must be an integer")
+        if owner is not None and known is not None and owner not in known:
+            raise RunFormatError(f"{file}: layer {layer['name']!r}: optimizer {owner} is not one of "
+                                 f"'optimizers' ({', '.join(map(str, sorted(known)))})")
         ids.add(layer["id"])
+        names.add(layer["name"])
 
 
 def read_table(path: Path, table: str) -> pd.DataFrame:
@@ -135,13 +140,16 @@ def read_table(path: Path, table: str) -> pd.DataFrame:
     skipped with a warning on stderr; a part with missing columns is an error.
     """
     schema = TABLES[table]
+    if not (Path(path) / PARTS_DIR).is_dir():  # the writer creates it before run.json
+        raise RunFormatError(f"{Path(path) / PARTS_DIR}: missing, so the recorded steps are gone "
+                             "(a run directory copied without it?)")
     parts = sorted(p for p in (Path(path) / PARTS_DIR).glob(f"{table}-r*-*.parquet") if p.is_file())
     tables = []
     for part in parts:
         try:
             data = pq.read_table(part)
         except (OSError, pa.ArrowException) as exc:
-            print(f"gradprobe: skipping unreadable part {part}: {exc}", file=sys.stderr)
+            print(f"gradprobe: skipping unreadable part {visible(part)}: {visible(exc)}", file=sys.stderr)
             continue
         missing = [name for name in schema.names if name not in data.column_names]
         if missing:
@@ -265,7 +273,7 @@ def list_runs(root: str | os.PathLike = DEFAULT_ROOT) -> list[Run]:
             try:
                 runs.append(Run(child))
             except RunFormatError as exc:
-                print(f"gradprobe: skipping {exc}", file=sys.stderr)
+                print(f"gradprobe: skipping {visible(exc)}", file=sys.stderr)
     return sorted(runs, key=lambda run: (run.meta.get("start_time") or 0, run.name))
 
 

@@ -8,15 +8,17 @@ or malformed file is a one-line error naming the file.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from gradprobe.errors import GradprobeError
+from gradprobe.store.json_file import JSONFileError, MiB, read_json_file
 from gradprobe.store.writer import write_json_atomic
 
 RECOMMENDATION_FILE = "recommendation.json"
+# A handful of specs with their what-ifs take a few KiB; 4 MiB is a thousand times that.
+MAX_RECOMMENDATION_BYTES = 4 * MiB
 
 
 def write_recommendations(directory: Path, run_name: str, recommendations: Sequence[Mapping[str, Any]]) -> Path:
@@ -35,13 +37,11 @@ def load_recommended_spec(path: str | os.PathLike) -> str:
     if file.is_dir():
         file = file / RECOMMENDATION_FILE
     try:
-        document = json.loads(file.read_text(encoding="utf-8"))
+        document = read_json_file(file, MAX_RECOMMENDATION_BYTES)
     except FileNotFoundError:
         raise GradprobeError(f"{file}: not found (write one with `gradprobe recommend RUN`)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise GradprobeError(f"{file}: cannot be read ({exc})") from None
-    except json.JSONDecodeError as exc:
-        raise GradprobeError(f"{file}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except JSONFileError as exc:
+        raise GradprobeError(f"{file}: {exc}") from None
     recommendations = document.get("recommendations") if isinstance(document, dict) else None
     if not isinstance(recommendations, list) or not recommendations:
         raise GradprobeError(f"{file}: expected a non-empty 'recommendations' list")

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gradprobe.errors import GradprobeError
+from gradprobe.store.json_file import cut_text
 from gradprobe.store.schema import FORMAT_VERSION, TABLES
 
 DEFAULT_ROOT = "gradprobe-runs"
@@ -108,8 +109,9 @@ class RunWriter:
         self.write_meta()
 
     def update(self, **fields: Any) -> None:
-        """Merge ``fields`` into the run metadata and rewrite ``run.json``."""
-        self.meta.update(fields)
+        """Merge ``fields`` into the run metadata (long texts, such as an error message, cut to
+        what readers keep) and rewrite ``run.json``."""
+        self.meta.update({key: cut_text(v) if isinstance(v, str) else v for key, v in fields.items()})
         self.write_meta()
 
     def mark_incomplete(self, reason: str) -> None:

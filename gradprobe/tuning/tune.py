@@ -34,6 +34,8 @@ from gradprobe.tuning.trials import Trial, TrialPlan, run_trial
 
 TUNE_FILE = "tune.json"
 REPEATED_BEST = 2  # candidates repeated besides no clipping
+MAX_REPEATS = 100  # seeds per repeated candidate: run-to-run noise is well measured long before
+MAX_TIMEOUT = 7 * 24 * 3600.0  # seconds: a trial is short; a week is no limit at all
 
 
 @dataclass
@@ -88,8 +90,12 @@ class TuneObserver:
 def tune(config: TuneConfig, observer: TuneObserver | None = None) -> TuneResult:
     """Run the whole tune described by ``config`` (see the module docstring)."""
     observer = observer or TuneObserver()
-    if config.repeats < 1 or config.jobs < 1:
-        raise GradprobeError("--repeats and --jobs must be positive integers")
+    if not 1 <= config.repeats <= MAX_REPEATS or config.jobs < 1:
+        raise GradprobeError(f"--repeats must be between 1 and {MAX_REPEATS} and --jobs positive "
+                             f"(got {config.repeats} and {config.jobs})")
+    for option, seconds in (("--timeout", config.timeout), ("--budget", config.budget)):
+        if seconds is not None and not 0 < seconds <= MAX_TIMEOUT:  # NaN included
+            raise GradprobeError(f"{option} must be between 1 and {MAX_TIMEOUT:g} seconds (got {seconds})")
     stem = Path(config.script).stem
     result = TuneResult(create_run_dir(config.out, f"tune-{stem}", config.name), config=config)
     threads = max(1, (os.cpu_count() or 1) // config.jobs) if config.jobs > 1 else None
