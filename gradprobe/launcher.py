@@ -68,12 +68,13 @@ def check_script(script: str) -> Path:
 
 def _attachments(session: Session) -> dict[str, Callable[[object], None]]:
     """What to attach when the script imports each framework."""
+    torch_loaded = "torch" in sys.modules  # if not, the script's import of torch attaches: no optimizer yet
 
     def attach_torch(_module: object) -> None:
         try:
             from gradprobe.pytorch.recorder import TorchRecorder
 
-            session.recorders.append(TorchRecorder(session).install())
+            session.recorders.append(TorchRecorder(session).install(optimizers_may_exist=torch_loaded))
         except Exception as exc:  # never break the script's import
             print(f"gradprobe: cannot attach to PyTorch ({describe_exception(exc)}); "
                   "the script runs unrecorded", file=sys.stderr)
