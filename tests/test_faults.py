@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+from conftest import require, run_cli
+
+torch = require("torch")
 from torch import nn  # noqa: E402
 
 import gradprobe  # noqa: E402
-from conftest import run_cli  # noqa: E402
 
 # Trains until killed; after each step writes how many steps it has taken (for the kill -9 test).
 ENDLESS = """
