@@ -13,6 +13,7 @@ process is recorded: child processes run without gradprobe
 from __future__ import annotations
 
 import builtins
+import gc
 import os
 import signal
 import sys
@@ -121,9 +122,13 @@ def run_script(session: Session, script: str, args: Sequence[str], seed: int | N
     own_sigint = signal.getsignal(signal.SIGINT) is signal.default_int_handler
     if own_sigint:
         deferred_signals.install(signal.SIGINT, signal.default_int_handler)
+    # Objects gradprobe and its command line made so far are left out of the script's garbage collections,
+    # which would otherwise walk them all again and again (a tenth of a second while torch is imported).
+    gc.freeze()
     try:
         outcome = _execute(path)
     finally:
+        gc.unfreeze()
         signal.signal(signal.SIGTERM, previous_term)
         if own_sigint:
             signal.signal(signal.SIGINT, signal.default_int_handler)
