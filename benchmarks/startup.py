@@ -3,7 +3,8 @@
 For each script (one that does nothing, one that only imports torch) it runs
 ``python s.py`` and ``gradprobe profile s.py`` in interleaved rounds (the order
 alternates from round to round so that drift on the machine affects both
-alike), measures each process's wall time and peak resident memory (the
+alike), measures each process's wall time, CPU time (user + system, which
+other load on the machine disturbs less) and peak resident memory (the
 child's own ``ru_maxrss``, from ``os.wait4``), and reports medians, the
 spread (min-max) and the median of the per-round differences. Writes
 ``benchmarks/results/startup.json``.
@@ -35,8 +36,11 @@ def gradprobe_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "gradprobe"]
 
 
-def measure(command: list[str], cwd: Path) -> tuple[float, float]:
-    """Run ``command`` once; its wall time in seconds and its peak resident memory in MiB."""
+UNITS = ("s", "cpu s", "MiB")
+
+
+def measure(command: list[str], cwd: Path) -> tuple[float, float, float]:
+    """Run ``command`` once; its wall time and CPU time in seconds and its peak resident memory in MiB."""
     with tempfile.TemporaryFile() as stderr:
         start = time.perf_counter()
         process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=stderr)
@@ -46,7 +50,7 @@ def measure(command: list[str], cwd: Path) -> tuple[float, float]:
         if process.returncode != 0:
             stderr.seek(0)
             raise SystemExit(f"{' '.join(command)} exited {process.returncode}:\n{stderr.read().decode()}")
-    return wall, usage.ru_maxrss / 1024  # Linux reports KiB
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024  # Linux reports KiB
 
 
 def summary(values: list[float]) -> dict[str, float | list[float]]:
@@ -80,9 +84,9 @@ def bench(rounds: int) -> dict:
             plain, profiled = by_variant["python"], by_variant["gradprobe profile"]
             results[label] = {
                 **{f"{variant} {unit}": summary([s[i] for s in runs])
-                   for variant, runs in by_variant.items() for i, unit in enumerate(("s", "MiB"))},
-                "added s": statistics.median(p[0] - q[0] for p, q in zip(profiled, plain)),
-                "added MiB": statistics.median(p[1] - q[1] for p, q in zip(profiled, plain)),
+                   for variant, runs in by_variant.items() for i, unit in enumerate(UNITS)},
+                **{f"added {unit}": statistics.median(p[i] - q[i] for p, q in zip(profiled, plain))
+                   for i, unit in enumerate(UNITS)},
             }
     return results
 
@@ -100,7 +104,8 @@ def main() -> None:
         plain, profiled = row["python s"], row["gradprobe profile s"]
         print(f"{label:>13}: python {plain['median']:.3f} s [{plain['min']:.3f}-{plain['max']:.3f}], "
               f"gradprobe profile {profiled['median']:.3f} s [{profiled['min']:.3f}-{profiled['max']:.3f}]; "
-              f"added {row['added s']:+.3f} s, {row['added MiB']:+.1f} MiB peak memory")
+              f"added {row['added s']:+.3f} s wall, {row['added cpu s']:+.3f} s CPU, "
+              f"{row['added MiB']:+.1f} MiB peak memory")
     print(f"wrote {args.json}")
 
 
