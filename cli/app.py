@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 import traceback
 from enum import Enum
@@ -9,23 +10,55 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from gradprobe._version import __version__
 from gradprobe.cli.apply_command import apply
 from gradprobe.cli.export_command import export
 from gradprobe.cli.launch import SCRIPT_CONTEXT, profile, run
 from gradprobe.cli.tune_command import tune
-from gradprobe.errors import GradprobeError, visible
-from gradprobe.policies import strategies
-from gradprobe.reports.escape import one_line
+from gradprobe.errors import GradprobeError, one_line, visible
 from gradprobe.store import DEFAULT_ROOT
 
+# Commands whose module is imported only when they run or help lists them, with the command listed before
+# each: what they import at module level (the policy registry, numpy) must not slow down `gradprobe profile`
+# or be loaded before the profiled script starts.
+LAZY_COMMANDS = {"recommend": ("gradprobe.cli.recommend_command", "report")}
+MARKUP = "rich"
+
+
+class Commands(TyperGroup):
+    """The root command group: the commands registered on :data:`app`, and :data:`LAZY_COMMANDS`
+    built on first use."""
+
+    def list_commands(self, ctx) -> list[str]:
+        names = super().list_commands(ctx)
+        for name, (_, after) in LAZY_COMMANDS.items():
+            if name not in names:
+                names.insert(names.index(after) + 1, name)
+        return names
+
+    def get_command(self, ctx, cmd_name: str):
+        if cmd_name not in self.commands:  # an unknown name builds them all, for the "did you mean" hint
+            for name in [cmd_name] if cmd_name in LAZY_COMMANDS else LAZY_COMMANDS:
+                self.commands[name] = _lazy_command(name)
+        return super().get_command(ctx, cmd_name)
+
+
+def _lazy_command(name: str):
+    module, _ = LAZY_COMMANDS[name]
+    single = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=MARKUP)
+    single.command(name)(getattr(importlib.import_module(module), name))
+    return typer.main.get_command(single)
+
+
 app = typer.Typer(
+    cls=Commands,
     name="gradprobe",
     help="Gradient diagnostics and clipping for PyTorch and TensorFlow/Keras training.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    rich_markup_mode=MARKUP,
 )
 
 
@@ -123,60 +156,6 @@ def report(
         if output.is_symlink():  # a run directory from elsewhere must not redirect the write
             raise GradprobeError(f"{output} is a symbolic link; choose where to write with -o FILE")
     _deliver(text, output)
-
-
-# Recommendation strategies of ``recommend``, as the policy registry lists them.
-Strategy = Enum("Strategy", {name: name for name in strategies()}, type=str)
-
-
-@app.command()
-def recommend(
-    run: Optional[str] = typer.Argument(None, help="Run directory or name (default: the latest run)."),
-    root: Path = typer.Option(Path(DEFAULT_ROOT), "--root", help="Where to look for run names."),
-    strategy: List[Strategy] = typer.Option([], "--strategy", "-s", help="Strategy (repeatable; default: all, "
-                                            "percentile first)."),
-    percentile: Optional[float] = typer.Option(None, "--percentile", "-p", help="Percentile P for percentile "
-                                               "(default 95), autoclip (10), agc, value and layer (95)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the recommendations as JSON instead of a table."),
-) -> None:
-    """Turn the recorded gradient norms into clip specs, each with a what-if replay.
-
-    [bold]gradprobe recommend RUN[/bold]
-    [bold]gradprobe recommend RUN --strategy zclip[/bold]
-    [bold]gradprobe recommend RUN --strategy percentile --percentile 99[/bold]
-
-    Every spec is replayed on the recorded steps with the clip policy's own
-    math: how often it would have clipped and by how much (mean and minimum
-    scale). Writes RUN/recommendation.json, which `gradprobe run --clip-from`
-    reads (the first recommendation is the one to use).
-    """
-    import json
-
-    from gradprobe.analysis import STRATEGIES, diagnose, recommend as recommend_specs, split_streams
-    from gradprobe.analysis.findings import plain_json
-    from gradprobe.analysis.recommend import save_recommendations
-    from gradprobe.reports.progress import stages
-    from gradprobe.reports.terminal import render_recommendations
-    from gradprobe.store import resolve_run
-
-    target = resolve_run(run, root)
-    chosen = [s.value for s in strategy] or list(STRATEGIES)
-    with stages(3 + len(chosen)) as progress:
-        with progress.stage("reading the run"):
-            streams = split_streams(target)
-        with progress.stage("diagnosing"):
-            findings = diagnose(streams)
-        recommendations = []
-        for name in chosen:
-            with progress.stage(f"replaying {name}"):
-                recommendations += recommend_specs(streams, findings, [name], percentile)
-        with progress.stage("writing recommendation.json"):
-            path = save_recommendations(target, recommendations)
-    if as_json:
-        print(json.dumps({"recommendations": [plain_json(r.to_dict()) for r in recommendations]}, indent=2))
-    else:
-        render_recommendations(recommendations)
-    print(f"gradprobe: wrote {visible(path)}", file=sys.stderr)
 
 
 @app.command()

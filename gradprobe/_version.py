@@ -1,8 +1,4 @@
-"""The package version, read from the installed metadata."""
+"""The package version: the one place it is written (``pyproject.toml`` reads it from here), so that
+knowing it costs no metadata lookup when a script starts."""
 
-from importlib import metadata
-
-try:
-    __version__ = metadata.version("gradprobe")
-except metadata.PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0+local"
+__version__ = "0.1.0"

@@ -1,11 +1,13 @@
 """Exceptions gradprobe raises for problems the user can fix, and :func:`visible`, which every
 message and report passes untrusted text (layer names, paths, error messages) through."""
 
+import re
 import unicodedata
 
 # Characters that move the cursor, change the terminal, reorder or hide text instead of showing:
 # control characters, format characters (bidi overrides and isolates U+202A-U+202E, U+2066-U+2069,
 # zero-width spaces and joiners, BOM), line and paragraph separators, lone surrogates.
+_BREAKS = re.compile(r"[\r\n\t]+")
 _HIDDEN = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 
 
@@ -24,6 +26,11 @@ def visible(text: object) -> str:
     if text.isprintable():  # the common case, at C speed
         return text
     return "".join(_escaped(c) if unicodedata.category(c) in _HIDDEN else c for c in text)
+
+
+def one_line(text: object) -> str:
+    """``text`` as one line for a message: line breaks and tabs as spaces, then :func:`visible`."""
+    return visible(_BREAKS.sub(" ", str(text)).strip())
 
 
 def _escaped(char: str) -> str:

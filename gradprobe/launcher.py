@@ -13,6 +13,7 @@ process is recorded: child processes run without gradprobe
 from __future__ import annotations
 
 import builtins
+import gc
 import os
 import signal
 import sys
@@ -70,12 +71,13 @@ def check_script(script: str) -> Path:
 
 def _attachments(session: Session) -> dict[str, Callable[[object], None]]:
     """What to attach when the script imports each framework."""
+    torch_loaded = "torch" in sys.modules  # if not, the script's import of torch attaches: no optimizer yet
 
     def attach_torch(_module: object) -> None:
         try:
             from gradprobe.pytorch.recorder import TorchRecorder
 
-            session.recorders.append(TorchRecorder(session).install())
+            session.recorders.append(TorchRecorder(session).install(optimizers_may_exist=torch_loaded))
         except Exception as exc:  # never break the script's import
             print(f"gradprobe: cannot attach to PyTorch ({describe_exception(exc)}); "
                   "the script runs unrecorded", file=sys.stderr)
@@ -122,9 +124,13 @@ def run_script(session: Session, script: str, args: Sequence[str], seed: int | N
     own_sigint = signal.getsignal(signal.SIGINT) is signal.default_int_handler
     if own_sigint:
         deferred_signals.install(signal.SIGINT, signal.default_int_handler)
+    # Objects gradprobe and its command line made so far are left out of the script's garbage collections,
+    # which would otherwise walk them all again and again (a tenth of a second while torch is imported).
+    gc.freeze()
     try:
         outcome = _execute(path)
     finally:
+        gc.unfreeze()
         signal.signal(signal.SIGTERM, previous_term)
         if own_sigint:
             signal.signal(signal.SIGINT, signal.default_int_handler)

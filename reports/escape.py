@@ -12,15 +12,9 @@ import re
 
 from rich.markup import escape as _rich_escape
 
-from gradprobe.errors import visible
+from gradprobe.errors import one_line, visible
 
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
-_BREAKS = re.compile(r"[\r\n\t]+")
-
-
-def one_line(text: object) -> str:
-    """``text`` as one line for a message: line breaks and tabs as spaces, then :func:`visible`."""
-    return visible(_BREAKS.sub(" ", str(text)).strip())
 
 
 def terminal(text: object) -> str:

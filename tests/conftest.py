@@ -1,8 +1,10 @@
-"""Shared fixtures: running the CLI in a subprocess and writing small training scripts; the tally of
-the fault and hostile-input suite (tests marked ``hostile(category)``), printed at the end of the run."""
+"""Shared fixtures: running the CLI in a subprocess and writing small training scripts; importing an
+optional framework (:func:`require`); the tally of the fault and hostile-input suite (tests marked
+``hostile(category)``), printed at the end of the run."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -13,6 +15,23 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def in_ci() -> bool:
+    """Whether the tests run in CI (``CI=true``, as CI services and ``.ci/run`` set it)."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def require(module: str, reason: str | None = None):
+    """Import and return ``module``, skipping the calling test (or test module) when it is missing, as
+    ``pytest.importorskip`` does; in CI, where every framework is installed, a module that cannot be
+    imported fails the run instead, so that a broken install never turns into silent skips."""
+    if not in_ci():
+        return pytest.importorskip(module, reason=reason)
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        pytest.fail(f"{module} cannot be imported in CI ({type(exc).__name__}: {exc})", pytrace=False)
 
 
 def run_cli(*args: str, cwd: Path, timeout: float = 240, env: dict | None = None) -> subprocess.CompletedProcess:

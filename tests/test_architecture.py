@@ -30,7 +30,7 @@ ROOMS = {
     "cli": {"base", "store", "policies", "recording", "analysis", "tuning", "source_patch", "export", "facade",
             "reports"},
 }
-BASE_MODULES = {"gradprobe.errors", "gradprobe._version"}
+BASE_MODULES = {"gradprobe.errors", "gradprobe._version", "gradprobe._lazy"}
 FACADE_MODULES = {"gradprobe", "gradprobe.api", "gradprobe.tasks", "gradprobe.keras", "gradprobe.lightning",
                   "gradprobe.hf", "gradprobe.launcher"}
 FRAMEWORKS = {"torch", "tensorflow", "keras", "lightning", "pytorch_lightning", "transformers", "accelerate"}

@@ -18,6 +18,7 @@ import gradprobe
 from gradprobe.cli.export_command import export
 from gradprobe.errors import GradprobeError
 from gradprobe.export import to_csv, to_tensorboard, to_wandb
+from conftest import require
 
 STEPS = 6
 # tensorboard's event writer and reader import TensorFlow when it is installed (for file I/O): several seconds.
@@ -102,7 +103,7 @@ def _assert_same_series(actual: dict[str, pd.DataFrame], expected: dict[str, pd.
 
 @slow_tensorboard
 def test_tensorboard_reader_sees_every_series_tagged_per_optimizer(two_optimizer_run, tmp_path):
-    pytest.importorskip("tensorboard", reason="TensorBoard export needs the `tensorboard` package")
+    require("tensorboard", reason="TensorBoard export needs the `tensorboard` package")
     target = to_tensorboard(two_optimizer_run, tmp_path / "tb")
     assert target == tmp_path / "tb" / "pair"
     actual = _read_tensorboard(target)
@@ -115,7 +116,7 @@ def test_tensorboard_reader_sees_every_series_tagged_per_optimizer(two_optimizer
 
 @slow_tensorboard
 def test_tensorboard_single_optimizer_tags_have_no_prefix_and_reexport_is_refused(one_optimizer_run, tmp_path):
-    pytest.importorskip("tensorboard", reason="TensorBoard export needs the `tensorboard` package")
+    require("tensorboard", reason="TensorBoard export needs the `tensorboard` package")
     target = to_tensorboard(one_optimizer_run, tmp_path)
     actual = _read_tensorboard(target)
     assert "grad_norm/pre_clip" in actual and "clip/threshold" not in actual  # no clipping: no threshold
@@ -151,7 +152,7 @@ def _read_wandb_history(run_dir: Path) -> dict[str, pd.DataFrame]:
 
 @pytest.mark.slow
 def test_wandb_offline_run_holds_every_series(two_optimizer_run, tmp_path):
-    pytest.importorskip("wandb", reason="W&B export needs the `wandb` package")
+    require("wandb", reason="W&B export needs the `wandb` package")
     run_dir = to_wandb(two_optimizer_run, tmp_path / "wb", project="gp-test")
     assert run_dir.parent == tmp_path / "wb" / "wandb" and run_dir.name.startswith("offline-run-")
     _assert_same_series(_read_wandb_history(run_dir), _expected_series(two_optimizer_run, prefixed=True),
@@ -166,7 +167,7 @@ def _cli() -> typer.Typer:
 
 @slow_tensorboard
 def test_export_command_writes_several_targets(one_optimizer_run, tmp_path):
-    pytest.importorskip("tensorboard", reason="TensorBoard export needs the `tensorboard` package")
+    require("tensorboard", reason="TensorBoard export needs the `tensorboard` package")
     result = CliRunner().invoke(_cli(), [str(one_optimizer_run.path), "--tensorboard", str(tmp_path / "tb"),
                                          "--csv", str(tmp_path / "csv")])
     assert result.exit_code == 0, result.output

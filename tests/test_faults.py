@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+from conftest import require, run_cli
+
+torch = require("torch")
 from torch import nn  # noqa: E402
 
 import gradprobe  # noqa: E402
-from conftest import run_cli  # noqa: E402
 
 pytestmark = pytest.mark.hostile("process, disk and tensor faults")  # every case here is counted in the summary
 

@@ -10,8 +10,10 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-transformers = pytest.importorskip("transformers", reason="the Hugging Face callback needs `transformers`")
-pytest.importorskip("accelerate", reason="transformers' Trainer needs `accelerate`")
+from conftest import require
+
+transformers = require("transformers", reason="the Hugging Face callback needs `transformers`")
+require("accelerate", reason="transformers' Trainer needs `accelerate`")
 
 import gradprobe  # noqa: E402
 from gradprobe.hf import GradProbeCallback  # noqa: E402

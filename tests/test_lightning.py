@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-pl = pytest.importorskip("lightning.pytorch", reason="the Lightning callback needs the `lightning` package")
+from conftest import require
+
+pl = require("lightning.pytorch", reason="the Lightning callback needs the `lightning` package")
 
 import gradprobe  # noqa: E402
 from gradprobe.errors import GradprobeError  # noqa: E402

@@ -20,6 +20,7 @@ import torch
 
 from gradprobe.policies import Gradients, NumpyOps, parse_spec
 from gradprobe.pytorch.clip import apply_torch, init_state
+from conftest import require
 
 EPS = 1e-6
 
@@ -235,7 +236,7 @@ def run_torch(spec, sequence):
 def run_tensorflow(spec, sequence, compiled=False):
     """TensorFlow in Keras layout (kernels stored (in, out)); ``compiled``: every step runs in one
     ``tf.function``, traced once, the policy's state living in variables across calls."""
-    tf = pytest.importorskip("tensorflow")
+    tf = require("tensorflow")
     from gradprobe.tensorflow.clip import TFClipper
 
     clipper = TFClipper(spec)
@@ -332,7 +333,7 @@ def live_torch(spec, sequence):
 
 
 def live_tensorflow(spec, sequence):
-    tf = pytest.importorskip("tensorflow")
+    tf = require("tensorflow")
     from gradprobe.tensorflow.clip import TFClipper
 
     clipper = TFClipper(spec)

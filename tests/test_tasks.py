@@ -15,6 +15,7 @@ import gradprobe
 from gradprobe.analysis import diagnose
 from gradprobe.analysis import task_conflict
 from gradprobe.analysis.task_conflict import read_tasks, task_cosines, task_norms
+from conftest import require
 
 
 class TwoHeads(nn.Module):
@@ -174,8 +175,8 @@ def test_a_failure_while_measuring_does_not_stop_training(tmp_path, capsys):
 @pytest.mark.slow
 @pytest.mark.tensorflow
 def test_tensorflow_norms_and_cosines_match_separate_tapes(tmp_path):
-    tf = pytest.importorskip("tensorflow")
-    keras = pytest.importorskip("keras")
+    tf = require("tensorflow")
+    keras = require("keras")
     keras.utils.set_random_seed(0)
     trunk = keras.Sequential([keras.Input((5,)), keras.layers.Dense(8, activation="tanh")])
     heads = [keras.layers.Dense(1) for _ in range(2)]

@@ -14,10 +14,11 @@ from typing import Iterator, Sequence
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
-import pytest
 
-tf = pytest.importorskip("tensorflow")
-keras = pytest.importorskip("keras")
+from conftest import require
+
+tf = require("tensorflow")
+keras = require("keras")
 
 from gradprobe import load_run  # noqa: E402
 from gradprobe.recording.session import Sampling, Session  # noqa: E402

@@ -20,11 +20,12 @@ from typing import Mapping
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+from conftest import require, run_cli
+
+torch = require("torch")
 from torch import nn  # noqa: E402
 
 import gradprobe  # noqa: E402
-from conftest import run_cli  # noqa: E402
 
 TESTS_DIR = Path(__file__).resolve().parent
 RTOL = 1e-5

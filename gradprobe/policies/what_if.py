@@ -7,13 +7,17 @@ those were recorded (every ``--every`` steps).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from gradprobe.errors import GradprobeError
 from gradprobe.policies.base import Policy
 from gradprobe.policies.replay import LAYER_INPUTS, Replay
-from gradprobe.store.reader import Run
-from gradprobe.store.streams import Stream, split_streams
+
+if TYPE_CHECKING:  # the store's reader (pandas) is imported by the replay that reads a run
+    from gradprobe.store.reader import Run
+    from gradprobe.store.streams import Stream
 
 
 def replay_stream(policy: Policy, stream: Stream, every_step: bool = False) -> Replay:
@@ -46,6 +50,8 @@ def replay_stream(policy: Policy, stream: Stream, every_step: bool = False) -> R
 def replay_run(policy: Policy, run: Run, optimizer: int = 0, rank: int = 0) -> Replay:
     """Replay ``policy`` on the steps that ``optimizer`` took on ``rank`` in a recorded run, one row per
     recorded step (see :func:`replay_stream`)."""
+    from gradprobe.store.streams import split_streams
+
     stream = next((s for s in split_streams(run, rank) if s.optimizer == optimizer), None)
     if stream is None or stream.steps.empty:
         raise GradprobeError(f"{run.name}: no steps recorded for optimizer {optimizer} on rank {rank}")

@@ -78,13 +78,16 @@ class TorchRecorder(GuardedHooks):
 
     # -- installation -------------------------------------------------------------------
 
-    def install(self) -> "TorchRecorder":
-        """Register the hooks and patches; idempotent per recorder."""
+    def install(self, optimizers_may_exist: bool = True) -> "TorchRecorder":
+        """Register the hooks and patches; idempotent per recorder. With ``optimizers_may_exist``
+        False (torch has only just been imported) the heap is not searched for existing optimizers,
+        which takes a full garbage collection."""
         self.session.set_framework("torch", torch.__version__)
-        gc.collect()  # optimizers that are already garbage must not turn off per-backward recording
-        self.optimizer_exists = any(
-            issubclass(type(o), torch.optim.Optimizer) and self._updates_watched(o) for o in gc.get_objects()
-        )
+        if optimizers_may_exist:
+            gc.collect()  # optimizers that are already garbage must not turn off per-backward recording
+            self.optimizer_exists = any(
+                issubclass(type(o), torch.optim.Optimizer) and self._updates_watched(o) for o in gc.get_objects()
+            )
         self._handles.append(register_optimizer_step_pre_hook(self._guard(self._pre_step)))
         self._handles.append(register_optimizer_step_post_hook(self._guard(self._post_step)))
         recorder = self

@@ -1,9 +1,9 @@
 """Seeding Python, NumPy, PyTorch and TensorFlow before a script runs (``--seed``).
 
-Python's and NumPy's generators are seeded at once; PyTorch's and
-TensorFlow's when the script imports them, so seeding never imports a
-framework the script does not use. Keras 3 draws its default seeds from
-Python's generator, so Keras models are covered too. A script that seeds
+Python's generator is seeded at once; NumPy's, PyTorch's and TensorFlow's
+when the script (or a library it imports) imports them, so seeding never
+imports a library the script does not use. Keras 3 draws its default seeds
+from Python's generator, so Keras models are covered too. A script that seeds
 itself gets its own seeds mixed with ``--seed`` (:mod:`gradprobe.recording.reseeding`).
 """
 
@@ -13,11 +13,16 @@ import random
 import sys
 from typing import Callable
 
-import numpy as np
-
 from gradprobe.recording.reseeding import reseeding
 
 Callback = Callable[[object], None]
+
+
+def _seed_numpy(seed: int) -> Callback:
+    def seed_numpy(module: object) -> None:
+        module.random.seed(seed % 2**32)
+
+    return seed_numpy
 
 
 def _seed_torch(seed: int) -> Callback:
@@ -37,13 +42,13 @@ def _seed_tensorflow(seed: int) -> Callback:
 
 
 def seeded(callbacks: dict[str, Callback], seed: int | None) -> dict[str, Callback]:
-    """Seed Python and NumPy now, and return ``callbacks`` (post-import hooks by module name)
-    extended to seed PyTorch and TensorFlow right after the script imports them."""
+    """Seed Python now, and return ``callbacks`` (post-import hooks by module name) extended to seed
+    NumPy, PyTorch and TensorFlow right after they are imported."""
     if seed is None:
         return callbacks
     random.seed(seed)
-    np.random.seed(seed % 2**32)
-    seeders = {"torch": _seed_torch(seed), "tensorflow": _seed_tensorflow(seed), "keras": _seed_tensorflow(seed)}
+    seeders = {"numpy": _seed_numpy(seed), "torch": _seed_torch(seed), "tensorflow": _seed_tensorflow(seed),
+               "keras": _seed_tensorflow(seed)}
     reseeders = reseeding(seed)
     combined = dict(callbacks)
     for name in seeders.keys() | reseeders.keys():

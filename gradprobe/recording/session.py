@@ -11,13 +11,15 @@ import time
 import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from gradprobe._version import __version__
 from gradprobe.errors import GradprobeError
-from gradprobe.policies import Policy, as_policy
 from gradprobe.recording.ranks import SilentWriter, rank_layout, records, shared_run_dir
 from gradprobe.store.writer import DEFAULT_ROOT, RunWriter
+
+if TYPE_CHECKING:
+    from gradprobe.policies import Policy
 
 DEFAULT_EVERY = 10
 DEFAULT_FLUSH_EVERY = 100
@@ -89,7 +91,7 @@ class Session:
     ):
         if max_steps is not None and max_steps < 1:
             raise GradprobeError("--max-steps must be a positive integer")
-        self.policy = as_policy(clip)
+        self.policy = _as_policy(clip)
         self.sampling = sampling or Sampling()
         self.max_steps = max_steps
         self.layout = rank_layout()
@@ -195,6 +197,15 @@ class Session:
         self.writer.update(
             status=status, exit_code=exit_code, error=error, stop_reason=stop_reason, end_time=time.time()
         )
+
+
+def _as_policy(clip: str | Policy | None) -> Policy | None:
+    """The clip policy of ``clip``; the policies (and numpy) are imported only when there is one."""
+    if clip is None:
+        return None
+    from gradprobe.policies import as_policy
+
+    return as_policy(clip)
 
 
 def describe_exception(exc: BaseException) -> str:

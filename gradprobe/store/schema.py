@@ -30,51 +30,66 @@ pair of tasks (``task``, ``other``, ``cosine``: cosine similarity of their
 gradients, ``norm`` NaN), with ``step``, ``optimizer``, ``rank`` and ``time``.
 """
 
-import pyarrow as pa
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 FORMAT_VERSION = 1
 
-STEPS_SCHEMA = pa.schema(
-    [
-        ("step", pa.int64()),
-        ("optimizer", pa.int16()),
-        ("rank", pa.int16()),
-        ("time", pa.float64()),
-        ("global_norm", pa.float32()),
-        ("global_norm_post", pa.float32()),
-        ("clip_scale", pa.float32()),
-        ("clip_threshold", pa.float32()),
-        ("loss", pa.float32()),
-        ("skipped", pa.bool_()),
-    ]
-)
-
-LAYERS_SCHEMA = pa.schema(
-    [
-        ("step", pa.int64()),
-        ("optimizer", pa.int16()),
-        ("rank", pa.int16()),
-        ("layer", pa.int32()),
-        ("norm", pa.float32()),
-        ("maxabs", pa.float32()),
-        ("nonfinite", pa.int64()),
-        ("param_norm", pa.float32()),
-    ]
-)
-
-TASKS_SCHEMA = pa.schema(
-    [
-        ("step", pa.int64()),
-        ("optimizer", pa.int16()),
-        ("rank", pa.int16()),
-        ("time", pa.float64()),
-        ("task", pa.string()),
-        ("other", pa.string()),
-        ("norm", pa.float32()),
-        ("cosine", pa.float32()),
-    ]
-)
-
-TABLES = {"steps": STEPS_SCHEMA, "layers": LAYERS_SCHEMA, "tasks": TASKS_SCHEMA}
+# Each table's columns and their Arrow types (``pyarrow`` type factories by name).
+COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
+    "steps": (
+        ("step", "int64"),
+        ("optimizer", "int16"),
+        ("rank", "int16"),
+        ("time", "float64"),
+        ("global_norm", "float32"),
+        ("global_norm_post", "float32"),
+        ("clip_scale", "float32"),
+        ("clip_threshold", "float32"),
+        ("loss", "float32"),
+        ("skipped", "bool_"),
+    ),
+    "layers": (
+        ("step", "int64"),
+        ("optimizer", "int16"),
+        ("rank", "int16"),
+        ("layer", "int32"),
+        ("norm", "float32"),
+        ("maxabs", "float32"),
+        ("nonfinite", "int64"),
+        ("param_norm", "float32"),
+    ),
+    "tasks": (
+        ("step", "int64"),
+        ("optimizer", "int16"),
+        ("rank", "int16"),
+        ("time", "float64"),
+        ("task", "string"),
+        ("other", "string"),
+        ("norm", "float32"),
+        ("cosine", "float32"),
+    ),
+}
 
 STATUSES = ("running", "finished", "crashed", "interrupted")
+
+
+@functools.cache
+def arrow_schemas() -> dict[str, pa.Schema]:
+    """The Arrow schema of each table (pyarrow is imported here, when a part is first written or read)."""
+    import pyarrow as pa
+
+    return {table: pa.schema([(name, getattr(pa, kind)()) for name, kind in columns])
+            for table, columns in COLUMNS.items()}
+
+
+def __getattr__(name: str) -> Any:
+    # ``TABLES``, the schema of each table by name, is built on first use.
+    if name == "TABLES":
+        return arrow_schemas()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,15 +9,14 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any, Mapping
-
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
+from typing import TYPE_CHECKING, Any, Mapping
 
 from gradprobe.errors import GradprobeError
 from gradprobe.store.json_file import cut_text
-from gradprobe.store.schema import FORMAT_VERSION, TABLES
+from gradprobe.store.schema import COLUMNS, FORMAT_VERSION, arrow_schemas
+
+if TYPE_CHECKING:
+    import numpy as np
 
 DEFAULT_ROOT = "gradprobe-runs"
 META_FILE = "run.json"
@@ -36,7 +35,8 @@ def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
 
 
 def _json_default(value: Any) -> Any:
-    if isinstance(value, (np.integer, np.floating, np.bool_)):
+    np = sys.modules.get("numpy")  # a numpy scalar can only come from a numpy already imported
+    if np is not None and isinstance(value, (np.integer, np.floating, np.bool_)):
         return value.item()
     if isinstance(value, Path):
         return str(value)
@@ -102,7 +102,7 @@ class RunWriter:
         self.rank = rank
         self._pid = os.getpid()
         self.meta: dict[str, Any] = {"format_version": FORMAT_VERSION, **meta, "pid": self._pid}
-        self._seq = {table: 0 for table in TABLES}
+        self._seq = dict.fromkeys(COLUMNS, 0)
         self._failed = False
         self._child_noticed = False
         (self.path / PARTS_DIR).mkdir(exist_ok=True)
@@ -130,10 +130,15 @@ class RunWriter:
             self._fail(exc)
 
     def append(self, table: str, columns: Mapping[str, np.ndarray]) -> None:
-        """Append one Parquet part of ``table`` (``steps`` or ``layers``)."""
+        """Append one Parquet part of ``table`` (``steps`` or ``layers``); the first part imports
+        numpy and pyarrow, so that a script starts without them."""
         if self._failed or not self._in_owner():
             return
-        schema = TABLES[table]
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        schema = arrow_schemas()[table]
         arrays = [pa.array(np.asarray(columns[f.name]), type=f.type) for f in schema]
         if len(arrays[0]) == 0:
             return
