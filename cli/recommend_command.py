@@ -14,6 +14,7 @@ from typing import List, Optional
 
 import typer
 
+from gradprobe.errors import visible
 from gradprobe.policies import strategies
 from gradprobe.store import DEFAULT_ROOT
 

@@ -9,7 +9,7 @@ import typer
 
 from gradprobe.cli.launch import ARGS, EVERY, MAX_PROCESSES, OUT, SCRIPT, script_args
 from gradprobe.errors import GradprobeError
-from gradprobe.tuning.tune import MAX_REPEATS, MAX_TIMEOUT
+from gradprobe.tuning.limits import MAX_REPEATS, MAX_TIMEOUT
 
 
 def tune(
@@ -61,8 +61,8 @@ def tune(
     from gradprobe.reports.tune_progress import TuneProgress
     from gradprobe.reports.tune_table import render_tune
     from gradprobe.store import resolve_run
-    from gradprobe.tuning import TuneConfig
-    from gradprobe.tuning import tune as run_tune
+    from gradprobe.tuning.tune import TuneConfig
+    from gradprobe.tuning.tune import tune as run_tune
     from gradprobe.tuning.candidates import parse_candidates
 
     if maximize and metric is None:

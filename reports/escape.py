@@ -12,7 +12,7 @@ import re
 
 from rich.markup import escape as _rich_escape
 
-from gradprobe.errors import one_line, visible
+from gradprobe.errors import visible
 
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
 

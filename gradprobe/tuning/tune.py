@@ -28,14 +28,13 @@ from gradprobe.errors import GradprobeError
 from gradprobe.store.recommendation_file import write_recommendations
 from gradprobe.store import Run, create_run_dir, load_run
 from gradprobe.store.writer import write_json_atomic
+from gradprobe.tuning.limits import MAX_REPEATS, MAX_TIMEOUT
 from gradprobe.tuning.candidates import NO_CLIPPING, Candidate, derive_candidates
 from gradprobe.tuning.scoring import PENALTIES, Summary, better_than
 from gradprobe.tuning.trials import Trial, TrialPlan, run_trial
 
 TUNE_FILE = "tune.json"
 REPEATED_BEST = 2  # candidates repeated besides no clipping
-MAX_REPEATS = 100  # seeds per repeated candidate: run-to-run noise is well measured long before
-MAX_TIMEOUT = 7 * 24 * 3600.0  # seconds: a trial is short; a week is no limit at all
 
 
 @dataclass
