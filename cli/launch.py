@@ -6,6 +6,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import List, Optional
 
@@ -70,10 +71,12 @@ def launch(script: str, args: Optional[List[str]], out: Path, name: Optional[str
            max_steps: Optional[int], flush_every: int, seed: Optional[int], clip: Optional[str] = None,
            quiet: bool = False, nproc: Optional[int] = None, all_ranks: bool = False) -> None:
     """Check everything, run the script under a session (or under N ranks), and exit as the script did."""
-    from gradprobe.launcher import check_script, reraise_signal, run_script
+    from gradprobe.launcher import Outcome, check_script, reraise_signal, run_script
     from gradprobe.reports.live import live_view
+    from gradprobe.recording.seeding import check_seed
     from gradprobe.recording.session import Sampling, Session
 
+    check_seed(seed)
     check_script(script)
     args_list = script_args(args)
     if nproc is not None:
@@ -87,11 +90,16 @@ def launch(script: str, args: Optional[List[str]], out: Path, name: Optional[str
     session = Session(out=out, name=name, script=script, argv=[script, *args_list], max_steps=max_steps,
                       sampling=Sampling(every=every, flush_every=flush_every), clip=clip, seed=seed,
                       all_ranks=all_ranks)
-    with live_view(session, quiet or not session.recording):
-        outcome = run_script(session, script, args_list, seed)
-    if session.path is not None:
-        print(f"gradprobe: run {outcome.status} -> {visible(session.path)}", file=sys.stderr)
-    reraise_signal(outcome)
+    with ExitStack() as view:
+        view.enter_context(live_view(session, quiet or not session.recording))
+
+        def ended(outcome: Outcome) -> None:
+            view.close()
+            if session.path is not None:
+                print(f"gradprobe: run {outcome.status} -> {visible(session.path)}", file=sys.stderr)
+
+        outcome = run_script(session, script, args_list, seed, on_end=ended)
+    reraise_signal(outcome.signal)
     raise typer.Exit(outcome.exit_code)
 
 

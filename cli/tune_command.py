@@ -58,6 +58,7 @@ def tune(
     recommendation.json for run --clip-from / apply --from.
     """
     from gradprobe.launcher import check_script
+    from gradprobe.recording.seeding import check_seed
     from gradprobe.reports.tune_progress import TuneProgress
     from gradprobe.reports.tune_table import render_tune
     from gradprobe.store import resolve_run
@@ -68,6 +69,8 @@ def tune(
     if maximize and metric is None:
         raise GradprobeError("--maximize needs --metric (the training loss is always minimised)")
     check_script(script)
+    check_seed(seed)
+    check_seed(seed + repeats - 1)  # the repeats' seeds
     source = resolve_run(from_run) if from_run else None
     config = TuneConfig(script, script_args(args), steps or (None if source or metric else 200), source,
                         parse_candidates(candidates) if candidates else None, seed, repeats, jobs, every, out, name,

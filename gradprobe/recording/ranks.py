@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -79,7 +80,7 @@ def shared_run_dir(out: str | os.PathLike, stem: str, name: str | None, layout: 
     if store is not None:
         return Path(store.get(_store_key()).decode())
     if name is not None:
-        return _wait_for(Path(out) / name)
+        return _wait_for(Path(os.path.abspath(out)) / name)
     print(f"gradprobe: rank {layout['rank']} cannot find rank 0's run directory outside torchrun; "
           "give every rank the same --name to share one", file=sys.stderr)
     return create_run_dir(out, f"{stem}-rank{layout['rank']}")
@@ -92,9 +93,16 @@ class SilentWriter(RunWriter):
         self.path = None
         self.rank = rank
         self.meta = dict(meta)
+        self.failed = False
+        self._lock = threading.RLock()
 
     def write_meta(self) -> None:
         """Nothing to write."""
 
-    def append(self, table: str, columns: Mapping[str, Any]) -> None:
+    def append(self, table: str, columns: Mapping[str, Any]) -> bool:
         """Nothing to write."""
+        return False
+
+    def close(self, **fields: Any) -> None:
+        """Keep the final metadata in memory."""
+        self.meta.update(fields)

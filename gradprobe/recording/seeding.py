@@ -15,7 +15,17 @@ from typing import Callable
 
 from gradprobe.recording.reseeding import reseeding
 
+from gradprobe.errors import GradprobeError
+
 Callback = Callable[[object], None]
+SEED_RANGE = range(-(2**63), 2**64)  # what every framework's seeding accepts (PyTorch's is the narrowest)
+
+
+def check_seed(seed: int | None) -> int | None:
+    """Return ``seed`` if every framework can be seeded with it, else raise a one-line error."""
+    if seed is not None and seed not in SEED_RANGE:
+        raise GradprobeError(f"--seed {seed} is out of range: use an integer from -2**63 to 2**64-1")
+    return seed
 
 
 def _seed_numpy(seed: int) -> Callback:

@@ -7,6 +7,7 @@ import os
 import platform
 import socket
 import sys
+import threading
 import time
 import traceback
 from dataclasses import asdict, dataclass
@@ -97,13 +98,14 @@ class Session:
         self.layout = rank_layout()
         self.recording = records(self.layout, all_ranks)
         stem = Path(script).stem if script else "session"
-        self._place = (out, stem, name)
+        self._place = (os.path.abspath(out), stem, name)  # fixed before the script can change directory
         path = shared_run_dir(out, stem, name, self.layout) if self.recording else None
         self.layers: list[dict[str, Any]] = []
         self.optimizers: list[dict[str, Any]] = []
         self.recorders: list = []
         self.listeners: list[Callable[[dict, dict], None]] = []  # called with each flush's tables (live view)
         self.closed = False
+        self._lock = threading.RLock()  # several threads may train at once
         meta = {
             "gradprobe_version": __version__,
             "status": "running",
@@ -150,9 +152,10 @@ class Session:
 
     def add_optimizer(self, info: dict[str, Any]) -> int:
         """Register an optimizer (class name, param groups...) and return its index."""
-        index = len(self.optimizers)
-        self.optimizers.append({"index": index, **info})
-        self.writer.write_meta()
+        with self._lock:
+            index = len(self.optimizers)
+            self.optimizers.append({"index": index, **info})
+            self.writer.write_meta()
         return index
 
     def add_layers(self, layers: list[dict[str, Any]]) -> list[int]:
@@ -160,27 +163,28 @@ class Session:
 
         Names are made unique by appending ``#2``, ``#3``... to repeats.
         """
-        taken = {layer["name"] for layer in self.layers}
-        ids = []
-        for layer in layers:
-            name, n = layer["name"], 1
-            while name in taken:
-                n += 1
-                name = f"{layer['name']}#{n}"
-            taken.add(name)
-            ids.append(len(self.layers))
-            self.layers.append({"id": ids[-1], **layer, "name": name})
-        self.writer.write_meta()
+        with self._lock:
+            taken = {layer["name"] for layer in self.layers}
+            ids = []
+            for layer in layers:
+                name, n = layer["name"], 1
+                while name in taken:
+                    n += 1
+                    name = f"{layer['name']}#{n}"
+                taken.add(name)
+                ids.append(len(self.layers))
+                self.layers.append({"id": ids[-1], **layer, "name": name})
+            self.writer.write_meta()
         return ids
 
     def append(self, steps: dict, layers: dict) -> None:
         """Write one flush: host arrays for the ``steps`` and ``layers`` tables."""
-        self.writer.append("steps", steps)
-        self.writer.append("layers", layers)
-        progress = self.writer.meta["progress"]
-        progress["steps"] += len(steps["step"])
-        progress["flushes"] += 1
-        self.writer.write_meta()
+        with self._lock:
+            if self.writer.append("steps", steps) and self.writer.append("layers", layers):
+                progress = self.writer.meta["progress"]
+                progress["steps"] += len(steps["step"])
+                progress["flushes"] += 1
+                self.writer.write_meta()
         for listener in self.listeners:
             listener(steps, layers)
 
@@ -194,7 +198,7 @@ class Session:
         if self.closed:
             return
         self.closed = True
-        self.writer.update(
+        self.writer.close(
             status=status, exit_code=exit_code, error=error, stop_reason=stop_reason, end_time=time.time()
         )
 

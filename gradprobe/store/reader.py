@@ -229,7 +229,9 @@ class Run:
         """Sentences every report shows about the run's state: still being written, ended
         abruptly, nothing recorded, or incomplete because recording stopped early."""
         notes = []
-        if self.ended_abruptly:
+        if self.ended_abruptly and self.meta.get("incomplete"):
+            notes.append("ended without recording how: its writes were failing (see incomplete)")
+        elif self.ended_abruptly:
             notes.append("ended abruptly: the process stopped without closing the run (killed or out of "
                          "memory); steps after the last flush were lost")
         elif self.meta.get("status") == "running":
