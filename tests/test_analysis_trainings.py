@@ -288,3 +288,35 @@ def test_recommendations_replay_the_recorded_history(tmp_path):
     for name, fraction in listed.items():
         own = run.layers[run.layers["name"] == name]["norm"]
         assert fraction == pytest.approx(np.mean(own > layer_max))
+
+
+@pytest.mark.parametrize("after_step", [True, False])
+def test_clipping_after_the_step_is_found(tmp_path, after_step):
+    torch.manual_seed(0)
+    model = mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+
+    def train():
+        for i in range(30):
+            x, y = batch(i)
+            optimizer.zero_grad()
+            nn.functional.mse_loss(model(x), y).backward()
+            if not after_step:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 0.05)
+            optimizer.step()
+            if after_step:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 0.05)
+
+    run = record(model, train, tmp_path, "order")
+    found = by_kind(diagnose(run))
+    recorded = np.isfinite(run.steps["clip_threshold"].to_numpy()).sum()
+    if after_step:
+        finding = found["clip_after_step"]
+        assert (finding.severity, finding.layers, finding.steps) == ("warning", [], (0, 29))
+        assert finding.evidence["calls_after_step"] == 30 and finding.evidence["calls_before_step"] == 0
+        assert finding.evidence["max_norm"] == 0.05
+        assert "between loss.backward() and optimizer.step()" in finding.advice
+        assert recorded == 0 and "clip_saturation" not in found  # the useless clip is not taken for a cut
+    else:
+        assert "clip_after_step" not in found
+        assert recorded == 30

@@ -244,19 +244,25 @@ def test_cli_compare_side_by_side(troubled, healthy):
     assert markdown.stdout.startswith("## gradprobe comparison: healthy vs troubled")
 
 
-def test_every_format_renders_a_run_without_steps_or_layers(tmp_path):
+def test_a_run_with_too_few_or_no_steps_is_never_called_healthy(tmp_path):
     write_run(tmp_path, "bare", [1.0, 2.0, 3.0])
     (tmp_path / "empty").mkdir()
     RunWriter(tmp_path / "empty", {"status": "crashed", "start_time": 1.0, "layers": []})
-    for name in ("bare", "empty"):
+    for name, recorded, steps in (("bare", 3, (0, 2)), ("empty", 0, (0, 0))):
         report = build_report(gradprobe.load_run(tmp_path / name))
-        assert report.findings == []
-        json.loads(render_json(report))
-        assert "No problems found." in render_markdown(report)
-        assert "No problems found." in render_html(report)
+        (finding,) = report.findings
+        assert (finding.kind, finding.severity, finding.layers, finding.steps) == ("too_few_steps", "warning", [],
+                                                                                  steps)
+        assert finding.evidence["recorded_steps"] == recorded and finding.evidence["min_steps"] == 20
+        assert "gradprobe profile" in finding.advice
+        document = json.loads(render_json(report))
+        assert [f["kind"] for f in document["findings"]] == ["too_few_steps"]
+        assert "No problems found." not in render_markdown(report)
+        assert "No problems found." not in render_html(report)
         console = Console(record=True, width=120, color_system=None)
         render_report(report, console)
-        assert name in console.export_text()
+        text = console.export_text()
+        assert name in text and "No problems found." not in text and "too_few_steps" in text
 
 
 def test_several_optimizers_are_reported_separately(tmp_path):

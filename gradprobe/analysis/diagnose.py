@@ -7,7 +7,7 @@ from typing import Callable, Sequence
 import pandas as pd
 
 from gradprobe.analysis import clip_saturation, dead_layer, explosion, imbalance, nonfinite, spike, task_conflict
-from gradprobe.analysis import rank_divergence, vanishing
+from gradprobe.analysis import clip_after_step, rank_divergence, short_run, vanishing
 from gradprobe.analysis.findings import Finding
 from gradprobe.analysis.groups import check_groups, parse_groups
 from gradprobe.store.streams import Stream, split_streams
@@ -20,12 +20,13 @@ DETECTORS: dict[str, Callable[[Stream], list[Finding]]] = {
     "vanishing": vanishing.detect,
     "dead_layer": dead_layer.detect,
     "clip_saturation": clip_saturation.detect,
+    "clip_after_step": clip_after_step.detect,
     "rank_divergence": rank_divergence.detect,
 }
 
 
 def diagnose(run: Run | Sequence[Stream], groups: Sequence[str] = (),
-             tasks: pd.DataFrame | None = None) -> list[Finding]:
+             tasks: pd.DataFrame | None = None, meta: dict | None = None) -> list[Finding]:
     """All findings of ``run`` (or of its already split streams), most severe first, then by step.
 
     ``groups``: user layer groups as ``NAME=GLOB`` for the imbalance detector
@@ -35,6 +36,8 @@ def diagnose(run: Run | Sequence[Stream], groups: Sequence[str] = (),
     if isinstance(run, Run) and tasks is None:
         tasks = task_conflict.read_tasks(run)
     streams = split_streams(run) if isinstance(run, Run) else list(run)
+    if isinstance(run, Run):
+        meta = run.meta
     user_groups = parse_groups(groups) if groups else None
     if user_groups:
         check_groups(user_groups, [name for stream in streams for name in stream.names])
@@ -44,4 +47,5 @@ def diagnose(run: Run | Sequence[Stream], groups: Sequence[str] = (),
             findings.extend(detect(stream))
         findings.extend(imbalance.detect(stream, user_groups))
     findings.extend(task_conflict.detect(tasks))
+    findings.extend(short_run.detect(streams, meta))
     return sorted(findings, key=lambda f: (-f.rank, f.steps[0]))

@@ -21,6 +21,13 @@ A series explodes when it left its band and its final level is at least
 baseline, or when the global norm
 ends non-finite after growing. One finding per optimizer; ``layers`` lists
 the exploding layers, fastest-growing first.
+
+The recorded loss from the departure step on is the evidence of harm
+(:mod:`gradprobe.analysis.loss_trend`): while it steadily improves the finding
+is at most ``info`` (gradient norms that rise as the loss falls are common late
+in healthy training, as the loss surface sharpens), unless the norm ended
+non-finite. The advice quotes the loss and proposes a global-norm clip at the
+top of the healthy band.
 """
 
 from __future__ import annotations
@@ -30,7 +37,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gradprobe.analysis.findings import Finding, times, worst
+from gradprobe.analysis.findings import Finding, clip_command, round3, script_name, times, worst
+from gradprobe.analysis.loss_trend import stream_loss_trend
 from gradprobe.analysis.robust import bin_medians, log10_norms, robust_sigma, sustained_from, theil_sen
 from gradprobe.store.streams import Stream
 
@@ -123,10 +131,24 @@ def detect(stream: Stream) -> list[Finding]:
         severities.append(_severity(overall, True))
     departure = min([g.departure_step for _, g in layers] + ([overall.departure_step] if overall else []))
     subject = "The global gradient norm" if overall is not None else f"The gradient norm of {layers[0][0]}"
+    trend = stream_loss_trend(stream, departure)
+    severity = worst(severities)
+    loss_evidence = trend.evidence() if trend is not None else {}
+    guard = clip_command(stream, f"global-norm:max={round3(lead.band_upper)}")
+    if trend is not None and trend.improving and not lead.ended_nonfinite:
+        severity = "info"
+        advice = (f"{subject} grew {times(lead.factor)} from step {lead.departure_step} while {trend.describe()}: "
+                  "training is not hurt, so nothing needs changing; to guard against a later blow-up, clip at "
+                  f"the old band: {guard}.")
+    else:
+        harm = f" and {trend.describe()}" if trend is not None else ""
+        advice = (f"{subject} grew {times(lead.factor)} from step {lead.departure_step} and stayed there{harm}: "
+                  "lower the learning rate (or add warmup) and clip the global norm at its healthy band: "
+                  f"{guard} (or let `gradprobe tune {script_name(stream)}` pick a policy).")
     return [
         Finding(
             kind="explosion",
-            severity=worst(severities),
+            severity=severity,
             layers=[name for name, _ in layers],
             steps=(departure, stream.last_step),
             evidence={
@@ -143,11 +165,8 @@ def detect(stream: Stream) -> list[Finding]:
                 "slope_high": lead.slope_high,
                 "ended_nonfinite": lead.ended_nonfinite,
                 "layers_exploding": len(layers),
+                **loss_evidence,
             },
-            advice=(
-                f"{subject} grew {times(lead.factor)} from step {lead.departure_step} and stayed there: "
-                "lower the learning rate or add warmup, and clip the global norm "
-                "(`gradprobe recommend` proposes a threshold)."
-            ),
+            advice=advice,
         )
     ]
