@@ -393,3 +393,24 @@ def test_findings_serialise_to_strict_json(tmp_path):
     data = json.loads(json.dumps(finding.to_dict(), allow_nan=False))
     assert data["evidence"]["first_loss_nonfinite_step"] is None
     assert data["steps"] == [40, 99]
+
+
+@pytest.mark.parametrize("loss_rises", [True, False])
+def test_rebound_from_a_trough_is_an_explosion_only_while_the_loss_diverges(tmp_path, loss_rises):
+    # norms fall 1,000x over 200 steps (convergence), stay, then grow 1.1x per step from step 300
+    falling = 10 ** np.linspace(0, -3, 200)
+    flat = np.full(100, 1e-3)
+    rising = 1e-3 * 1.1 ** np.arange(1, 101)
+    norms = np.concatenate([falling, flat, rising]) * noisy(400, spread=0.001, seed=3)
+    loss = np.concatenate([np.linspace(2.0, 0.1, 300), np.linspace(0.1, 0.5 if loss_rises else 0.1, 100)])
+    write_run(tmp_path, "run", norms, loss=loss)
+    finding = kinds(diagnose(load(tmp_path))).get("explosion")
+    if not loss_rises:
+        assert finding is None
+        return
+    departure = 300 + math.ceil(math.log(3) / math.log(1.1)) - 1  # 3x the trough of 1e-3
+    assert finding.evidence["from_trough"] is True
+    assert finding.evidence["baseline_norm"] == pytest.approx(1e-3, rel=0.01)
+    assert finding.steps == (departure, 399)
+    assert finding.severity == "critical"  # peak 1.1^100 = 13,780x the trough
+    assert finding.evidence["loss_change"] > 0.1

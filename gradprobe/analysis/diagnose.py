@@ -48,4 +48,27 @@ def diagnose(run: Run | Sequence[Stream], groups: Sequence[str] = (),
         findings.extend(imbalance.detect(stream, user_groups))
     findings.extend(task_conflict.detect(tasks))
     findings.extend(short_run.detect(streams, meta))
-    return sorted(findings, key=lambda f: (-f.rank, f.steps[0]))
+    return sorted(one_finding_per_cause(findings), key=lambda f: (-f.rank, f.steps[0]))
+
+
+def one_finding_per_cause(findings: list[Finding]) -> list[Finding]:
+    """Drop the imbalance or vanishing finding of an optimizer that the other one already explains.
+
+    A starved group is also "far below the rest" for the vanishing detector, and
+    in a plain ``nn.Sequential`` (one group per layer) vanishing gradients are
+    also an imbalance between those one-layer groups. When the imbalance names
+    only layers that vanishing already flags, the imbalance goes (the layers
+    vanish with depth); when vanishing flags only layers of the starved group,
+    vanishing goes (the group is starved).
+    """
+    drop = set()
+    for a in findings:
+        for b in findings:
+            if a.kind != "imbalance" or b.kind != "vanishing" or a.evidence["optimizer"] != b.evidence["optimizer"]:
+                continue
+            starved, vanishing = set(a.layers), set(b.layers)
+            if vanishing and vanishing <= starved:
+                drop.add(id(b))
+            elif starved <= vanishing:
+                drop.add(id(a))
+    return [f for f in findings if id(f) not in drop]
