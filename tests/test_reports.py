@@ -215,7 +215,9 @@ def test_cli_recommend_writes_recommendation_json(troubled):
     for item in saved["recommendations"]:
         check_recommendation(item)
     end = int(re.search(r"before the trouble at step (\d+)", saved["recommendations"][0]["rationale"]).group(1))
-    assert 200 <= end <= 240  # the explosion starts at step 200
+    # growth 1.08x per step from step 200 crosses the 3x band at step 214 (1.08^15 = 3.2); the norms'
+    # noise (0.05 decades, 3 sigma = 1.41x = 1.08^4.5) moves the crossing by at most 5 steps
+    assert 209 <= end <= 219
     run = gradprobe.load_run(troubled)
     norms = run.steps["global_norm"].to_numpy(dtype=np.float64)[:end]
     assert saved["recommendations"][0]["spec"] == f"global-norm:max={float(f'{np.percentile(norms, 90):.3g}'):g}"
