@@ -414,3 +414,32 @@ def test_rebound_from_a_trough_is_an_explosion_only_while_the_loss_diverges(tmp_
     assert finding.steps == (departure, 399)
     assert finding.severity == "critical"  # peak 1.1^100 = 13,780x the trough
     assert finding.evidence["loss_change"] > 0.1
+
+
+def test_consequences_of_nan_and_double_reports_are_dropped():
+    from gradprobe.analysis.diagnose import one_finding_per_cause
+    from gradprobe.analysis.findings import Finding
+
+    def make(kind, severity, first, layers=(), optimizer=0):
+        return Finding(kind, severity, list(layers), (first, 99), {"optimizer": optimizer})
+
+    nan = make("nonfinite", "critical", 21)
+    before, after = make("explosion", "warning", 5), make("dead_layer", "critical", 30, ["a.w"])
+    other_optimizer = make("dead_layer", "warning", 30, ["b.w"], optimizer=1)
+    kept = one_finding_per_cause([nan, before, after, other_optimizer])
+    assert kept == [nan, before, other_optimizer]
+    starved = make("imbalance", "critical", 0, ["head.w", "head.b"])
+    assert one_finding_per_cause([starved, make("vanishing", "warning", 0, ["head.w"])]) == [starved]
+    deep = make("vanishing", "critical", 0, ["l0.w", "l1.w", "l2.w"])
+    assert one_finding_per_cause([make("imbalance", "critical", 0, ["l1.w", "l1.b"]), deep]) == [deep]
+
+
+def test_a_layer_whose_share_falls_only_because_others_grow_is_not_vanishing(tmp_path):
+    n = 200
+    norms = healthy_layers(n)
+    norms[:, 1:] *= np.logspace(0, 3, n)[:, None]  # every other layer grows 1,000x; enc.weight stays flat
+    global_norm = np.sqrt((norms**2).sum(axis=1))
+    write_run(tmp_path, "run", global_norm, norms, LAYERS, shapes=SHAPES, groups=["net"] * 4)
+    found = kinds(diagnose(load(tmp_path)))
+    assert "enc.weight" not in (found["vanishing"].layers if "vanishing" in found else [])
+    assert found["explosion"].layers[0] in LAYERS[1:]

@@ -51,17 +51,28 @@ def diagnose(run: Run | Sequence[Stream], groups: Sequence[str] = (),
     return sorted(one_finding_per_cause(findings), key=lambda f: (-f.rank, f.steps[0]))
 
 
-def one_finding_per_cause(findings: list[Finding]) -> list[Finding]:
-    """Drop the imbalance or vanishing finding of an optimizer that the other one already explains.
+CONSEQUENCES = ("explosion", "spike", "dead_layer", "vanishing", "imbalance")
 
-    A starved group is also "far below the rest" for the vanishing detector, and
-    in a plain ``nn.Sequential`` (one group per layer) vanishing gradients are
-    also an imbalance between those one-layer groups. When the imbalance names
-    only layers that vanishing already flags, the imbalance goes (the layers
-    vanish with depth); when vanishing flags only layers of the starved group,
-    vanishing goes (the group is starved).
+
+def one_finding_per_cause(findings: list[Finding]) -> list[Finding]:
+    """Drop the findings of an optimizer that another finding of it already explains.
+
+    * After NaN/Inf reached the weights (a critical non-finite finding), what starts
+      later (norms that blow up or die, spikes) is its consequence, not a second problem.
+    * A starved group is also "far below the rest" for the vanishing detector, and
+      in a plain ``nn.Sequential`` (one group per layer) vanishing gradients are
+      also an imbalance between those one-layer groups. When vanishing flags only
+      layers of the starved group, vanishing goes (the group is starved); when the
+      starved group is among the vanishing layers, the imbalance goes (the layers
+      vanish with depth).
     """
     drop = set()
+    broken = {f.evidence["optimizer"]: f.steps[0] for f in findings
+              if f.kind == "nonfinite" and f.severity == "critical"}
+    for f in findings:
+        start = broken.get(f.evidence["optimizer"])
+        if f.kind in CONSEQUENCES and start is not None and f.steps[0] > start:
+            drop.add(id(f))
     for a in findings:
         for b in findings:
             if a.kind != "imbalance" or b.kind != "vanishing" or a.evidence["optimizer"] != b.evidence["optimizer"]:
@@ -69,6 +80,6 @@ def one_finding_per_cause(findings: list[Finding]) -> list[Finding]:
             starved, vanishing = set(a.layers), set(b.layers)
             if vanishing and vanishing <= starved:
                 drop.add(id(b))
-            elif starved <= vanishing:
+            elif starved & vanishing:
                 drop.add(id(a))
     return [f for f in findings if id(f) not in drop]
