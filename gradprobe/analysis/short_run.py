@@ -10,8 +10,8 @@ call it healthy.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from gradprobe.analysis.findings import Finding
 from gradprobe.store.streams import Stream

@@ -1,8 +1,7 @@
 """Pathology: clip_grad_norm_ called after optimizer.step(): it clips gradients that were already used."""
 import torch
-from torch import nn
-
 from _data import batches, regression
+from torch import nn
 
 torch.manual_seed(0)
 x, y = regression()

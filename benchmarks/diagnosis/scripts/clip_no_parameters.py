@@ -1,8 +1,7 @@
 """Pathology: a clip helper given a parameter generator that the optimizer already consumed: clips nothing."""
 import torch
-from torch import nn
-
 from _data import batches, regression
+from torch import nn
 
 torch.manual_seed(0)
 x, y = regression()

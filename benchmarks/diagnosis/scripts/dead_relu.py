@@ -1,8 +1,7 @@
 """Pathology: a hidden layer whose ReLU units are all dead (bias initialised to -20): no gradient reaches it."""
 import torch
-from torch import nn
-
 from _data import batches, classes
+from torch import nn
 
 torch.manual_seed(0)
 x, y = classes()

@@ -1,9 +1,8 @@
 """Pathology: a float16 model trained without a loss scaler; a batch of large inputs at step 80 overflows
 the float16 gradients to Inf."""
 import torch
-from torch import nn
-
 from _data import batches, regression
+from torch import nn
 
 torch.manual_seed(0)
 x, y = regression()

@@ -1,9 +1,8 @@
 """Pathology: the encoder is meant to train but its forward runs under torch.no_grad() (left from an
 evaluation helper): it never gets a gradient."""
 import torch
-from torch import nn
-
 from _data import batches, classes
+from torch import nn
 
 
 class Net(nn.Module):

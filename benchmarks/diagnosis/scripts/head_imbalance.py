@@ -1,8 +1,7 @@
 """Pathology: a shared trunk with two heads whose losses differ by 1e5 in weight: the second head starves."""
 import torch
-from torch import nn
-
 from _data import batches, regression
+from torch import nn
 
 
 class TwoHeads(nn.Module):

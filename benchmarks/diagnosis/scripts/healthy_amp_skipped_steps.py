@@ -1,8 +1,7 @@
 """Healthy: mixed precision with a GradScaler whose first steps overflow and are skipped (scale backs off)."""
 import torch
-from torch import nn
-
 from _data import batches, regression
+from torch import nn
 
 torch.manual_seed(0)
 x, y = regression()

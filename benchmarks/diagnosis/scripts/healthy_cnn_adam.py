@@ -1,8 +1,7 @@
 """Healthy: a small CNN with Adam on separable images; the loss falls steadily (late norm growth is normal)."""
 import torch
-from torch import nn
-
 from _data import batches, images
+from torch import nn
 
 torch.manual_seed(0)
 x, y = images()

@@ -1,8 +1,7 @@
 """Healthy: fine-tuning with a frozen backbone (requires_grad=False), only the head in the optimizer."""
 import torch
-from torch import nn
-
 from _data import batches, classes
+from torch import nn
 
 torch.manual_seed(0)
 x, y = classes()

@@ -1,8 +1,7 @@
 """Healthy: a long run (1,500 steps) of SGD on a classifier whose gradient norms drift slowly down."""
 import torch
-from torch import nn
-
 from _data import batches, classes
+from torch import nn
 
 torch.manual_seed(0)
 x, y = classes(n=2048, seed=1)

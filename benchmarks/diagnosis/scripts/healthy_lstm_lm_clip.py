@@ -1,9 +1,8 @@
 """Healthy: the classic word-language-model recipe, an LSTM with SGD lr=20 and clip_grad_norm_(..., 0.25),
 which clips on nearly every step by design."""
 import torch
-from torch import nn
-
 from _data import tokens
+from torch import nn
 
 torch.manual_seed(0)
 stream = tokens()

@@ -1,8 +1,7 @@
 """Healthy: an MLP regression with SGD and momentum, clipped at 5.0 as a rarely-needed guard."""
 import torch
-from torch import nn
-
 from _data import batches, regression
+from torch import nn
 
 torch.manual_seed(0)
 x, y = regression()

@@ -1,8 +1,7 @@
 """Healthy: a deep residual MLP with BatchNorm (8 blocks) and Adam."""
 import torch
-from torch import nn
-
 from _data import batches, classes
+from torch import nn
 
 
 class Block(nn.Module):

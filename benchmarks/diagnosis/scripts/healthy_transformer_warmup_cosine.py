@@ -2,9 +2,8 @@
 import math
 
 import torch
-from torch import nn
-
 from _data import tokens
+from torch import nn
 
 torch.manual_seed(0)
 stream = tokens()

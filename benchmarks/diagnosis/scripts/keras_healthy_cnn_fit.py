@@ -1,6 +1,6 @@
 """Healthy (Keras): a small CNN trained with model.fit and Adam on separable 16x16 images."""
-import numpy as np
 import keras
+import numpy as np
 
 rng = np.random.default_rng(0)
 templates = rng.normal(size=(4, 16, 16, 1)).astype("float32")

@@ -1,6 +1,6 @@
 """Healthy (Keras): an MLP regression with SGD and clipnorm=5.0 as a guard that rarely fires."""
-import numpy as np
 import keras
+import numpy as np
 
 rng = np.random.default_rng(0)
 x = rng.normal(size=(512, 16)).astype("float32")

@@ -1,6 +1,6 @@
 """Pathology (Keras): a NaN in the data, in batch 21 of the first epoch: fit trains on NaN from there."""
-import numpy as np
 import keras
+import numpy as np
 
 rng = np.random.default_rng(0)
 x = rng.normal(size=(1024, 16)).astype("float32")

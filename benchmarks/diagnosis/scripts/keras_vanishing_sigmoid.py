@@ -1,6 +1,6 @@
 """Pathology (Keras): a 10-layer sigmoid MLP: gradients vanish towards the input."""
-import numpy as np
 import keras
+import numpy as np
 
 rng = np.random.default_rng(0)
 centers = 3 * rng.normal(size=(4, 16))

@@ -1,8 +1,7 @@
 """Pathology: one corrupted batch (inputs x100 at step 120) makes a gradient spike; training recovers."""
 import torch
-from torch import nn
-
 from _data import batches, regression
+from torch import nn
 
 torch.manual_seed(0)
 x, y = regression()

@@ -1,9 +1,8 @@
 """Pathology: full-batch gradient descent on least squares with lr 1.3x the stability limit 2/lambda_max:
 the error along the top eigenvector grows 1.6x per step from the first step."""
 import torch
-from torch import nn
-
 from _data import regression
+from torch import nn
 
 torch.manual_seed(0)
 x, y = regression()

@@ -1,9 +1,8 @@
 """Pathology: a learning-rate schedule bug: a warm restart at step 150 sets the rate to 1.1x the stability
 limit of full-batch least squares (16x the base rate): the top direction grows 1.2x per step from there."""
 import torch
-from torch import nn
-
 from _data import regression
+from torch import nn
 
 torch.manual_seed(0)
 x, y = regression()

@@ -1,8 +1,7 @@
 """Pathology: one batch of the data holds a NaN (batch 37); the loss is the first non-finite value."""
 import torch
-from torch import nn
-
 from _data import batches, regression
+from torch import nn
 
 torch.manual_seed(0)
 x, y = regression(n=4096)

@@ -2,9 +2,8 @@
 loses its clamp at step 60; the forward pass and the loss stay finite, but sqrt's gradient at h <= 0 is NaN
 (0 x NaN in the unselected branch) and reaches fc1."""
 import torch
-from torch import nn
-
 from _data import batches, regression
+from torch import nn
 
 
 class Net(nn.Module):

@@ -1,9 +1,8 @@
 """Pathology: full-batch gradient descent on least squares with lr 3% above the stability limit 2/lambda_max:
 the error grows by ~1.03x per step, slowly."""
 import torch
-from torch import nn
-
 from _data import regression
+from torch import nn
 
 torch.manual_seed(0)
 x, y = regression()

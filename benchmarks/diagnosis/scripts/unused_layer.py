@@ -1,8 +1,7 @@
 """Pathology: a layer defined and optimised but never used in forward."""
 import torch
-from torch import nn
-
 from _data import batches, classes
+from torch import nn
 
 
 class Net(nn.Module):

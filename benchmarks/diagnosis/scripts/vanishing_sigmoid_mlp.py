@@ -1,8 +1,7 @@
 """Pathology: a 10-layer sigmoid MLP with small init: gradients vanish towards the input."""
 import torch
-from torch import nn
-
 from _data import batches, classes
+from torch import nn
 
 torch.manual_seed(0)
 x, y = classes()
