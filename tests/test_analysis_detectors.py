@@ -443,3 +443,25 @@ def test_a_layer_whose_share_falls_only_because_others_grow_is_not_vanishing(tmp
     found = kinds(diagnose(load(tmp_path)))
     assert "enc.weight" not in (found["vanishing"].layers if "vanishing" in found else [])
     assert found["explosion"].layers[0] in LAYERS[1:]
+
+
+def test_a_layer_that_gets_gradient_but_never_moves_is_stalled(tmp_path):
+    n = 100
+    params = np.ones((n, 4)) * np.array([3.0, 1.0, 2.0, 0.5])
+    params[:, 0] *= np.linspace(1.0, 1.1, n)          # enc.weight trains: its norm moves 10%
+    params[:, 2] *= np.linspace(1.0, 1.0 + 1e-4, n)   # dec.weight moves 1e-4: slow, but moving
+    # enc.bias and dec.bias (columns 1 and 3) stay exactly where they were, but dec.bias gets a gradient
+    # 1,000x under the others (3 decades: vanishing, too small to move it visibly), so only enc.bias stalled
+    grads = healthy_layers(n)
+    grads[:, 3] *= 1e-3
+    write_run(tmp_path, "run", noisy(n), grads, LAYERS, shapes=SHAPES, every=5, param_norms=params)
+    finding = kinds(diagnose(load(tmp_path)))["stalled_layer"]
+    assert (finding.severity, finding.layers, finding.steps) == ("warning", ["enc.bias"], (0, 95))
+    assert finding.evidence["max_relative_movement"] == 0.0
+    moved = [(params[::5, j].max() - params[::5, j].min()) / np.median(params[::5, j]) for j in (0, 2, 3)]
+    assert finding.evidence["median_relative_movement_others"] == pytest.approx(np.median(moved), rel=1e-4)
+
+
+def test_nothing_is_stalled_when_no_layer_moves(tmp_path):
+    write_run(tmp_path, "run", noisy(100), healthy_layers(100), LAYERS, shapes=SHAPES, every=5)
+    assert "stalled_layer" not in kinds(diagnose(load(tmp_path)))

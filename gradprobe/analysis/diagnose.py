@@ -7,7 +7,7 @@ from typing import Callable, Sequence
 import pandas as pd
 
 from gradprobe.analysis import clip_saturation, dead_layer, explosion, imbalance, nonfinite, spike, task_conflict
-from gradprobe.analysis import clip_after_step, rank_divergence, short_run, vanishing
+from gradprobe.analysis import clip_after_step, rank_divergence, short_run, stalled_layer, vanishing
 from gradprobe.analysis.findings import Finding
 from gradprobe.analysis.groups import check_groups, parse_groups
 from gradprobe.store.streams import Stream, split_streams
@@ -19,6 +19,7 @@ DETECTORS: dict[str, Callable[[Stream], list[Finding]]] = {
     "spike": spike.detect,
     "vanishing": vanishing.detect,
     "dead_layer": dead_layer.detect,
+    "stalled_layer": stalled_layer.detect,
     "clip_saturation": clip_saturation.detect,
     "clip_after_step": clip_after_step.detect,
     "rank_divergence": rank_divergence.detect,

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 KINDS = ("explosion", "vanishing", "spike", "nonfinite", "dead_layer", "clip_saturation", "imbalance",
-         "task_conflict", "task_imbalance", "rank_divergence", "clip_after_step", "too_few_steps")
+         "task_conflict", "task_imbalance", "rank_divergence", "clip_after_step", "too_few_steps", "stalled_layer")
 SEVERITIES = ("info", "warning", "critical")
 
 
