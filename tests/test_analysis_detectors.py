@@ -432,6 +432,9 @@ def test_consequences_of_nan_and_double_reports_are_dropped():
     assert one_finding_per_cause([starved, make("vanishing", "warning", 0, ["head.w"])]) == [starved]
     deep = make("vanishing", "critical", 0, ["l0.w", "l1.w", "l2.w"])
     assert one_finding_per_cause([make("imbalance", "critical", 0, ["l1.w", "l1.b"]), deep]) == [deep]
+    assert one_finding_per_cause([make("stalled_layer", "warning", 0, ["l0.w", "l1.w"]), deep]) == [deep]
+    stalled = make("stalled_layer", "warning", 0, ["head.w"])
+    assert one_finding_per_cause([stalled, deep]) == [stalled, deep]
 
 
 def test_a_layer_whose_share_falls_only_because_others_grow_is_not_vanishing(tmp_path):

@@ -66,6 +66,7 @@ def one_finding_per_cause(findings: list[Finding]) -> list[Finding]:
       layers of the starved group, vanishing goes (the group is starved); when the
       starved group is among the vanishing layers, the imbalance goes (the layers
       vanish with depth).
+    * Layers too starved of gradient to move are vanishing, not stalled.
     """
     drop = set()
     broken = {f.evidence["optimizer"]: f.steps[0] for f in findings
@@ -76,7 +77,11 @@ def one_finding_per_cause(findings: list[Finding]) -> list[Finding]:
             drop.add(id(f))
     for a in findings:
         for b in findings:
-            if a.kind != "imbalance" or b.kind != "vanishing" or a.evidence["optimizer"] != b.evidence["optimizer"]:
+            if b.kind != "vanishing" or a.evidence["optimizer"] != b.evidence["optimizer"]:
+                continue
+            if a.kind == "stalled_layer" and set(a.layers) & set(b.layers):
+                drop.add(id(a))
+            if a.kind != "imbalance":
                 continue
             starved, vanishing = set(a.layers), set(b.layers)
             if vanishing and vanishing <= starved:
