@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         unknown = set(args.only) - {Path(c["script"]).stem for c in cases}
         if unknown:
-            print(f"error: unknown script {sorted(unknown)[0]!r}", file=sys.stderr)
+            print(f"error: unknown script {min(unknown)!r}", file=sys.stderr)
             return 2
         cases = [c for c in cases if Path(c["script"]).stem in args.only]
     with tempfile.TemporaryDirectory(prefix="gradprobe-diagnosis-") as tmp:
