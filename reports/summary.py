@@ -82,7 +82,7 @@ def build_report(run: Run, groups: Sequence[str] = (), stages: Stages | None = N
     with stages.stage("organising per-layer statistics"):
         streams = split_streams(run)
     with stages.stage("diagnosing"):
-        findings = diagnose(streams, groups, tasks)
+        findings = diagnose(streams, groups, tasks, run.meta)
     with stages.stage("replaying clip recommendations"):
         recommendations = recommend(streams, findings, strategies, percentile)
     return Report(run, streams, findings, recommendations, tasks, tuple(groups))

@@ -37,23 +37,59 @@ def test_healthy_synthetic_run_has_no_findings(tmp_path):
     assert diagnose(load(tmp_path)) == []
 
 
+def _growth_from(start, n=400, rate=1.05, spread=0.001):
+    """Flat norms, then growing by ``rate`` per step from ``start``: the departure is where they pass 3x
+    the baseline (the band's floor, since the noise is far below it)."""
+    return np.concatenate([noisy(start, spread=spread, seed=1),
+                           noisy(n - start, spread=spread, seed=2) * rate ** np.arange(1, n - start + 1)])
+
+
 def test_explosion_reports_growth_and_departure(tmp_path):
-    norms = np.concatenate([noisy(300, seed=1), noisy(100, seed=2) * 1.05 ** np.arange(1, 101)])
+    norms = _growth_from(300)
     write_run(tmp_path, "run", norms)
     (finding,) = [f for f in diagnose(load(tmp_path)) if f.kind == "explosion"]
     logs = np.log10(norms.astype(np.float32).astype(np.float64))
     expected = 10 ** (np.median(logs[-40:]) - np.median(logs[:80]))  # medians of log norms: last 10%, first 20%
     assert finding.evidence["growth_factor"] == pytest.approx(expected, rel=1e-6)
-    assert 300 <= finding.evidence["departure_step"] <= 345
-    assert finding.steps == (finding.evidence["departure_step"], 399)
+    departure = int(np.argmax(norms > 3 * np.median(norms[:80])))
+    assert departure == 300 + math.ceil(math.log(3) / math.log(1.05)) - 1
+    assert finding.evidence["departure_step"] == departure
+    assert finding.steps == (departure, 399)
+    assert finding.layers == []
     assert finding.severity == "warning"
-    assert finding.evidence["slope_decades_per_1k_steps"] == pytest.approx(1000 * math.log10(1.05), rel=0.25)
+    assert finding.evidence["slope_decades_per_1k_steps"] == pytest.approx(1000 * math.log10(1.05), rel=0.01)
+    assert "gradprobe run --clip global-norm:max=" in finding.advice
+
+
+@pytest.mark.parametrize("loss_start, loss_end, severity", [(2.0, 0.5, "info"), (0.5, 2.0, "warning")])
+def test_explosion_is_info_while_the_loss_steadily_improves(tmp_path, loss_start, loss_end, severity):
+    norms = _growth_from(300)
+    loss = np.linspace(loss_start, loss_end, 400)
+    write_run(tmp_path, "run", norms, loss=loss)
+    finding = kinds(diagnose(load(tmp_path)))["explosion"]
+    departure = finding.evidence["departure_step"]
+    span = loss.astype(np.float32).astype(np.float64)[departure:]
+    k = math.ceil(len(span) * 0.2)
+    start, end = np.median(span[:k]), np.median(span[-k:])
+    assert finding.severity == severity
+    assert finding.steps == (departure, 399)
+    assert finding.evidence["loss_start"] == pytest.approx(start, rel=1e-6)
+    assert finding.evidence["loss_end"] == pytest.approx(end, rel=1e-6)
+    assert finding.evidence["loss_change"] == pytest.approx((end - start) / start, rel=1e-6)
+    slope = 1000 * (loss_end - loss_start) / 399
+    assert finding.evidence["loss_slope_per_1k_steps"] == pytest.approx(slope, rel=1e-3)
+    assert finding.evidence["loss_improving"] is (severity == "info")
+    assert f"{start:.3g}" in finding.advice and f"{end:.3g}" in finding.advice
 
 
 def test_fast_explosion_is_critical(tmp_path):
-    norms = np.concatenate([noisy(300, seed=1), noisy(100, seed=2) * 1.1 ** np.arange(1, 101)])
+    norms = _growth_from(301, rate=1.1)  # first above 3x at step 312, the start of a 2-step bin
     write_run(tmp_path, "run", norms)
-    assert kinds(diagnose(load(tmp_path)))["explosion"].severity == "critical"
+    finding = kinds(diagnose(load(tmp_path)))["explosion"]
+    assert finding.severity == "critical"
+    assert finding.evidence["peak_norm"] / finding.evidence["baseline_norm"] >= 1000
+    departure = 301 + math.ceil(math.log(3) / math.log(1.1)) - 1
+    assert finding.steps == (departure, 399)
 
 
 def test_falling_norms_are_not_an_explosion(tmp_path):
@@ -69,6 +105,9 @@ def test_layer_explosion_names_the_layer(tmp_path):
     finding = kinds(diagnose(load(tmp_path)))["explosion"]
     assert finding.layers == ["dec.weight"]
     assert finding.evidence["global"] is False
+    assert finding.steps[1] == n - 1
+    # the layer's own noise (0.1 decades) puts its crossing of the 3x band between 1.04^24 and 1.04^40
+    assert 200 + 24 <= finding.steps[0] <= 200 + 40
 
 
 @pytest.mark.parametrize("factor, severity", [(50.0, "warning"), (5.0, "info"), (5000.0, "critical")])
@@ -218,18 +257,57 @@ def test_clipping_every_step_is_a_learning_rate_cut(tmp_path):
     norms = noisy(100)
     finding = _clip_case(tmp_path, norms, 0.3)
     assert finding.severity == "warning"
+    assert (finding.layers, finding.steps) == ([], (0, 99))
     assert finding.evidence["clipped_fraction"] == 1.0
     assert finding.evidence["mean_scale"] == pytest.approx(np.mean(0.3 / norms), rel=1e-5)
+    assert "no loss recorded" in finding.advice
+    spec = f"global-norm:max={np.percentile(norms.astype(np.float32), 95):.3g}"
+    assert f"gradprobe run --clip {spec} synthetic.py" in finding.advice
 
 
-def test_clipping_hard_every_step_is_critical(tmp_path):
-    assert _clip_case(tmp_path, noisy(100), 0.02).severity == "critical"
+@pytest.mark.parametrize("loss, severity", [
+    (np.linspace(4.0, 2.0, 100), "info"),                       # the clip is part of a recipe that trains
+    (3.0 + 0.01 * np.sin(np.arange(100)), "warning"),           # training stalls under the clip
+    (np.linspace(2.0, 4.0, 100), "warning"),                    # the clip hides a divergence
+])
+def test_clipping_every_step_is_judged_by_the_loss(tmp_path, loss, severity):
+    norms = noisy(100)
+    with np.errstate(divide="ignore"):
+        scale = np.minimum(1.0, 0.3 / norms)
+    write_run(tmp_path, "run", norms, clip_threshold=np.full(100, 0.3), clip_scale=scale,
+              global_norm_post=norms * scale, loss=loss)
+    finding = kinds(diagnose(load(tmp_path)))["clip_saturation"]
+    assert finding.severity == severity
+    assert finding.steps == (0, 99)
+    k = 20
+    loss32 = loss.astype(np.float32).astype(np.float64)
+    start, end = np.median(loss32[:k]), np.median(loss32[-k:])
+    assert finding.evidence["loss_change"] == pytest.approx((end - start) / start, rel=1e-5)
+    assert finding.evidence["loss_improving"] is (severity == "info")
+
+
+def test_autoclip_as_recommended_is_not_a_saturation_warning(tmp_path):
+    norms = noisy(300, spread=0.02) * np.linspace(1.0, 2.0, 300)  # norms drifting up: AutoClip clips ~always
+    write_run(tmp_path, "plain", norms, loss=np.linspace(3.0, 1.0, 300))
+    (autoclip,) = [r for r in gradprobe.analysis.recommend(split_streams(load(tmp_path, "plain")))
+                   if r.strategy == "autoclip"]
+    replay = autoclip.replay
+    assert autoclip.spec == "autoclip:p=10" and replay.clipped_fraction >= 0.9
+    for name, loss, severity in (("trains", np.linspace(3.0, 1.0, 300), "info"),
+                                 ("stalls", np.full(300, 3.0), "warning")):
+        write_run(tmp_path, name, norms, clip_threshold=replay.threshold, clip_scale=replay.scale,
+                  global_norm_post=replay.post_norm, loss=loss)
+        finding = kinds(diagnose(load(tmp_path, name)))["clip_saturation"]
+        assert finding.severity == severity
+        assert finding.evidence["clipped_fraction"] == pytest.approx(replay.clipped_fraction)
 
 
 def test_clipping_that_never_fires(tmp_path):
     norms = noisy(100)
     far = _clip_case(tmp_path, norms, 100.0)
     assert far.severity == "warning"
+    assert (far.layers, far.steps) == ([], (0, 99))
+    assert far.evidence["clipped_fraction"] == 0.0
     assert far.evidence["max_norm_over_threshold"] == pytest.approx(norms.max() / 100, rel=1e-5)
 
 
@@ -315,3 +393,78 @@ def test_findings_serialise_to_strict_json(tmp_path):
     data = json.loads(json.dumps(finding.to_dict(), allow_nan=False))
     assert data["evidence"]["first_loss_nonfinite_step"] is None
     assert data["steps"] == [40, 99]
+
+
+@pytest.mark.parametrize("loss_rises", [True, False])
+def test_rebound_from_a_trough_is_an_explosion_only_while_the_loss_diverges(tmp_path, loss_rises):
+    # norms fall 1,000x over 200 steps (convergence), stay, then grow 1.1x per step from step 300
+    falling = 10 ** np.linspace(0, -3, 200)
+    flat = np.full(100, 1e-3)
+    rising = 1e-3 * 1.1 ** np.arange(1, 101)
+    norms = np.concatenate([falling, flat, rising]) * noisy(400, spread=0.001, seed=3)
+    loss = np.concatenate([np.linspace(2.0, 0.1, 300), np.linspace(0.1, 0.5 if loss_rises else 0.1, 100)])
+    write_run(tmp_path, "run", norms, loss=loss)
+    finding = kinds(diagnose(load(tmp_path))).get("explosion")
+    if not loss_rises:
+        assert finding is None
+        return
+    departure = 300 + math.ceil(math.log(3) / math.log(1.1)) - 1  # 3x the trough of 1e-3
+    assert finding.evidence["from_trough"] is True
+    assert finding.evidence["baseline_norm"] == pytest.approx(1e-3, rel=0.01)
+    assert finding.steps == (departure, 399)
+    assert finding.severity == "critical"  # peak 1.1^100 = 13,780x the trough
+    assert finding.evidence["loss_change"] > 0.1
+
+
+def test_consequences_of_nan_and_double_reports_are_dropped():
+    from gradprobe.analysis.diagnose import one_finding_per_cause
+    from gradprobe.analysis.findings import Finding
+
+    def make(kind, severity, first, layers=(), optimizer=0):
+        return Finding(kind, severity, list(layers), (first, 99), {"optimizer": optimizer})
+
+    nan = make("nonfinite", "critical", 21)
+    before, after = make("explosion", "warning", 5), make("dead_layer", "critical", 30, ["a.w"])
+    other_optimizer = make("dead_layer", "warning", 30, ["b.w"], optimizer=1)
+    kept = one_finding_per_cause([nan, before, after, other_optimizer])
+    assert kept == [nan, before, other_optimizer]
+    starved = make("imbalance", "critical", 0, ["head.w", "head.b"])
+    assert one_finding_per_cause([starved, make("vanishing", "warning", 0, ["head.w"])]) == [starved]
+    deep = make("vanishing", "critical", 0, ["l0.w", "l1.w", "l2.w"])
+    assert one_finding_per_cause([make("imbalance", "critical", 0, ["l1.w", "l1.b"]), deep]) == [deep]
+    assert one_finding_per_cause([make("stalled_layer", "warning", 0, ["l0.w", "l1.w"]), deep]) == [deep]
+    stalled = make("stalled_layer", "warning", 0, ["head.w"])
+    assert one_finding_per_cause([stalled, deep]) == [stalled, deep]
+
+
+def test_a_layer_whose_share_falls_only_because_others_grow_is_not_vanishing(tmp_path):
+    n = 200
+    norms = healthy_layers(n)
+    norms[:, 1:] *= np.logspace(0, 3, n)[:, None]  # every other layer grows 1,000x; enc.weight stays flat
+    global_norm = np.sqrt((norms**2).sum(axis=1))
+    write_run(tmp_path, "run", global_norm, norms, LAYERS, shapes=SHAPES, groups=["net"] * 4)
+    found = kinds(diagnose(load(tmp_path)))
+    assert "enc.weight" not in (found["vanishing"].layers if "vanishing" in found else [])
+    assert found["explosion"].layers[0] in LAYERS[1:]
+
+
+def test_a_layer_that_gets_gradient_but_never_moves_is_stalled(tmp_path):
+    n = 100
+    params = np.ones((n, 4)) * np.array([3.0, 1.0, 2.0, 0.5])
+    params[:, 0] *= np.linspace(1.0, 1.1, n)          # enc.weight trains: its norm moves 10%
+    params[:, 2] *= np.linspace(1.0, 1.0 + 1e-4, n)   # dec.weight moves 1e-4: slow, but moving
+    # enc.bias and dec.bias (columns 1 and 3) stay exactly where they were, but dec.bias gets a gradient
+    # 1,000x under the others (3 decades: vanishing, too small to move it visibly), so only enc.bias stalled
+    grads = healthy_layers(n)
+    grads[:, 3] *= 1e-3
+    write_run(tmp_path, "run", noisy(n), grads, LAYERS, shapes=SHAPES, every=5, param_norms=params)
+    finding = kinds(diagnose(load(tmp_path)))["stalled_layer"]
+    assert (finding.severity, finding.layers, finding.steps) == ("warning", ["enc.bias"], (0, 95))
+    assert finding.evidence["max_relative_movement"] == 0.0
+    moved = [(params[::5, j].max() - params[::5, j].min()) / np.median(params[::5, j]) for j in (0, 2, 3)]
+    assert finding.evidence["median_relative_movement_others"] == pytest.approx(np.median(moved), rel=1e-4)
+
+
+def test_nothing_is_stalled_when_no_layer_moves(tmp_path):
+    write_run(tmp_path, "run", noisy(100), healthy_layers(100), LAYERS, shapes=SHAPES, every=5)
+    assert "stalled_layer" not in kinds(diagnose(load(tmp_path)))

@@ -6,9 +6,17 @@ A step *clipped* when its recorded scale is below :data:`CLIPPED_SCALE`
 (a rescale of less than 0.1% is not clipping). With at least
 :data:`MIN_STEPS` such steps:
 
-* **always**: clipped on :data:`ALWAYS_FRACTION` (90%) or more of the steps:
-  ``warning`` (the threshold acts as a learning-rate cut); ``critical`` when
-  the mean scale is also :data:`CRITICAL_MEAN_SCALE` (0.1) or less;
+* **always**: clipped on :data:`ALWAYS_FRACTION` (90%) or more of the steps.
+  Many recipes do this on purpose: the classic LSTM language model clips
+  at 0.25 on nearly every step, and AutoClip at its default p=10 (what
+  ``gradprobe recommend`` proposes) clips about 90% of the steps by
+  construction; the clip then normalises the step size. What matters is
+  whether it hides a problem, so the recorded loss decides
+  (:mod:`gradprobe.analysis.loss_trend`): while the loss steadily improves it
+  is ``info``; when the loss is flat or rising (or was not recorded) it is
+  ``warning`` (the clip is a learning-rate cut that stalls training or masks
+  growing gradients), ``critical`` when the mean scale is also
+  :data:`CRITICAL_MEAN_SCALE` (0.1) or less;
 * **never**: clipped on no step: ``warning`` when the largest pre-clip norm
   stays under :data:`NEVER_MARGIN` (half) of the threshold (the threshold is
   far above every norm seen), else ``info`` (a safety net that was not needed);
@@ -22,7 +30,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from gradprobe.analysis.findings import Finding
+from gradprobe.analysis.findings import Finding, clip_command, round3, script_name
+from gradprobe.analysis.loss_trend import stream_loss_trend
 from gradprobe.store.streams import Stream
 
 CLIPPED_SCALE = 0.999
@@ -63,7 +72,8 @@ def detect(stream: Stream) -> list[Finding]:
              "threshold": float(np.median(threshold))},
             "Clipping is configured but measured a gradient norm of 0 while the optimizer received "
             f"a norm of {np.median(post[empty]):.3g}: the clip call saw no parameters (a generator such as "
-            "model.parameters() consumed earlier?); pass a list of the parameters.",
+            "model.parameters() consumed earlier?); pass a list, `clip_grad_norm_(list(model.parameters()), "
+            f"...)`, or let gradprobe clip: {clip_command(stream, f'global-norm:max={round3(np.median(threshold))}')}.",
         )]
     finite = np.isfinite(scale)
     clipped = finite & (scale < CLIPPED_SCALE)
@@ -73,19 +83,38 @@ def detect(stream: Stream) -> list[Finding]:
                 "threshold_median": float(np.median(threshold)), "max_pre_clip_norm": float(np.nanmax(pre)),
                 "median_pre_clip_norm": float(np.nanmedian(pre))}
     if fraction >= ALWAYS_FRACTION:
-        severity = "critical" if mean_scale <= CRITICAL_MEAN_SCALE else "warning"
-        return [_finding(
-            stream, clipping, severity, evidence,
-            f"Clipping fired on {fraction:.0%} of the steps (mean scale {mean_scale:.3g}): it acts as a "
-            "learning-rate cut, not a guard against rare spikes; raise the threshold "
-            "(`gradprobe recommend`) or lower the learning rate deliberately.",
-        )]
+        return [_always(stream, clipping, evidence, fraction, mean_scale, pre)]
     if fraction == 0:
         ratio = float(np.nanmax(pre) / np.median(threshold))
         evidence["max_norm_over_threshold"] = ratio
+        spec = f"global-norm:max={round3(np.nanpercentile(pre, 95))}"
         return [_finding(
             stream, clipping, "warning" if ratio < NEVER_MARGIN else "info", evidence,
             f"Clipping never fired: the largest pre-clip norm was {ratio:.2g}x the threshold, so it "
-            "changed nothing; lower the threshold if it is meant to act (`gradprobe recommend`).",
+            f"changed nothing; if it is meant to act, lower it to the norms' 95th percentile: {clip_command(stream, spec)}"
+            " (or `gradprobe recommend RUN`).",
         )]
     return []
+
+
+def _always(stream: Stream, clipping, evidence: dict, fraction: float, mean_scale: float, pre) -> Finding:
+    """The finding for clipping on nearly every step, judged by the loss."""
+    trend = stream_loss_trend(stream)
+    if trend is not None:
+        evidence.update(trend.evidence())
+    spikes_only = clip_command(stream, f"global-norm:max={round3(np.nanpercentile(pre, 95))}")
+    lead = f"Clipping fired on {fraction:.0%} of the steps (mean scale {mean_scale:.3g})"
+    if trend is not None and trend.improving:
+        return _finding(
+            stream, clipping, "info", evidence,
+            f"{lead} while {trend.describe()}: the clip works as a step-size normaliser, as in recipes that "
+            f"clip on most steps on purpose; nothing to change. To clip only outliers instead, try {spikes_only} "
+            f"or compare both with `gradprobe tune {script_name(stream)}`.",
+        )
+    harm = f" and {trend.describe()}" if trend is not None else " (no loss recorded to tell whether it helps)"
+    return _finding(
+        stream, clipping, "critical" if mean_scale <= CRITICAL_MEAN_SCALE else "warning", evidence,
+        f"{lead}{harm}: it acts as a learning-rate cut that may hide growing gradients; clip only the outliers "
+        f"with {spikes_only}, lower the learning rate deliberately, or let `gradprobe tune {script_name(stream)}` "
+        "compare policies.",
+    )

@@ -7,7 +7,7 @@ from typing import Callable, Sequence
 import pandas as pd
 
 from gradprobe.analysis import clip_saturation, dead_layer, explosion, imbalance, nonfinite, spike, task_conflict
-from gradprobe.analysis import rank_divergence, vanishing
+from gradprobe.analysis import clip_after_step, rank_divergence, short_run, stalled_layer, vanishing
 from gradprobe.analysis.findings import Finding
 from gradprobe.analysis.groups import check_groups, parse_groups
 from gradprobe.store.streams import Stream, split_streams
@@ -19,13 +19,15 @@ DETECTORS: dict[str, Callable[[Stream], list[Finding]]] = {
     "spike": spike.detect,
     "vanishing": vanishing.detect,
     "dead_layer": dead_layer.detect,
+    "stalled_layer": stalled_layer.detect,
     "clip_saturation": clip_saturation.detect,
+    "clip_after_step": clip_after_step.detect,
     "rank_divergence": rank_divergence.detect,
 }
 
 
 def diagnose(run: Run | Sequence[Stream], groups: Sequence[str] = (),
-             tasks: pd.DataFrame | None = None) -> list[Finding]:
+             tasks: pd.DataFrame | None = None, meta: dict | None = None) -> list[Finding]:
     """All findings of ``run`` (or of its already split streams), most severe first, then by step.
 
     ``groups``: user layer groups as ``NAME=GLOB`` for the imbalance detector
@@ -35,6 +37,8 @@ def diagnose(run: Run | Sequence[Stream], groups: Sequence[str] = (),
     if isinstance(run, Run) and tasks is None:
         tasks = task_conflict.read_tasks(run)
     streams = split_streams(run) if isinstance(run, Run) else list(run)
+    if isinstance(run, Run):
+        meta = run.meta
     user_groups = parse_groups(groups) if groups else None
     if user_groups:
         check_groups(user_groups, [name for stream in streams for name in stream.names])
@@ -44,4 +48,44 @@ def diagnose(run: Run | Sequence[Stream], groups: Sequence[str] = (),
             findings.extend(detect(stream))
         findings.extend(imbalance.detect(stream, user_groups))
     findings.extend(task_conflict.detect(tasks))
-    return sorted(findings, key=lambda f: (-f.rank, f.steps[0]))
+    findings.extend(short_run.detect(streams, meta))
+    return sorted(one_finding_per_cause(findings), key=lambda f: (-f.rank, f.steps[0]))
+
+
+CONSEQUENCES = ("explosion", "spike", "dead_layer", "vanishing", "imbalance")
+
+
+def one_finding_per_cause(findings: list[Finding]) -> list[Finding]:
+    """Drop the findings of an optimizer that another finding of it already explains.
+
+    * After NaN/Inf reached the weights (a critical non-finite finding), what starts
+      later (norms that blow up or die, spikes) is its consequence, not a second problem.
+    * A starved group is also "far below the rest" for the vanishing detector, and
+      in a plain ``nn.Sequential`` (one group per layer) vanishing gradients are
+      also an imbalance between those one-layer groups. When vanishing flags only
+      layers of the starved group, vanishing goes (the group is starved); when the
+      starved group is among the vanishing layers, the imbalance goes (the layers
+      vanish with depth).
+    * Layers too starved of gradient to move are vanishing, not stalled.
+    """
+    drop = set()
+    broken = {f.evidence["optimizer"]: f.steps[0] for f in findings
+              if f.kind == "nonfinite" and f.severity == "critical"}
+    for f in findings:
+        start = broken.get(f.evidence["optimizer"])
+        if f.kind in CONSEQUENCES and start is not None and f.steps[0] > start:
+            drop.add(id(f))
+    for a in findings:
+        for b in findings:
+            if b.kind != "vanishing" or a.evidence["optimizer"] != b.evidence["optimizer"]:
+                continue
+            if a.kind == "stalled_layer" and set(a.layers) & set(b.layers):
+                drop.add(id(a))
+            if a.kind != "imbalance":
+                continue
+            starved, vanishing = set(a.layers), set(b.layers)
+            if vanishing and vanishing <= starved:
+                drop.add(id(b))
+            elif starved & vanishing:
+                drop.add(id(a))
+    return [f for f in findings if id(f) not in drop]

@@ -21,6 +21,20 @@ A series explodes when it left its band and its final level is at least
 baseline, or when the global norm
 ends non-finite after growing. One finding per optimizer; ``layers`` lists
 the exploding layers, fastest-growing first.
+
+The recorded loss from the departure step on is the evidence of harm
+(:mod:`gradprobe.analysis.loss_trend`): while it steadily improves the finding
+is at most ``info`` (gradient norms that rise as the loss falls are common late
+in healthy training, as the loss surface sharpens), unless the norm ended
+non-finite. The advice quotes the loss and proposes a global-norm clip at the
+top of the healthy band.
+
+A run whose norms first fell far (convergence) and then rose again stays under
+the early band; so the global norm is also measured *from its trough* (the
+lowest bin median, band :data:`BAND_MIN_FACTOR` over it): a rise of
+:data:`WARNING_FACTOR` or more from there is an explosion only while the loss
+diverges from the departure on (``from_trough`` in the evidence), since norms
+also rebound harmlessly, e.g. when a warmup ends.
 """
 
 from __future__ import annotations
@@ -30,7 +44,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gradprobe.analysis.findings import Finding, times, worst
+from gradprobe.analysis.findings import Finding, clip_command, round3, script_name, times, worst
+from gradprobe.analysis.loss_trend import stream_loss_trend
 from gradprobe.analysis.robust import bin_medians, log10_norms, robust_sigma, sustained_from, theil_sen
 from gradprobe.store.streams import Stream
 
@@ -64,23 +79,38 @@ class Growth:
         return self.final / self.baseline
 
 
-def growth(steps: np.ndarray, norms: np.ndarray) -> Growth | None:
-    """The sustained rise of ``norms`` (recorded at ``steps``), or ``None`` when it stayed in band."""
+def growth(steps: np.ndarray, norms: np.ndarray, from_trough: bool = False) -> Growth | None:
+    """The sustained rise of ``norms`` (recorded at ``steps``), or ``None`` when it stayed in band.
+
+    ``from_trough``: measure the rise from the lowest bin median instead of the first
+    :data:`BASELINE_FRACTION` (a rebound after the norms had fallen), with a band of
+    :data:`BAND_MIN_FACTOR` over that trough.
+    """
     logs = log10_norms(norms)
     finite = np.isfinite(logs)
     if finite.sum() < MIN_POINTS:
         return None
     y, x = logs[finite], np.asarray(steps)[finite]
-    head = y[: max(1, math.ceil(len(y) * BASELINE_FRACTION))]
-    base = float(np.median(head))
-    upper = base + max(BAND_SIGMAS * float(robust_sigma(head)), math.log10(BAND_MIN_FACTOR))
-    final = float(np.median(y[-max(1, math.ceil(len(y) * TAIL_FRACTION)):]))
+    tail = max(1, math.ceil(len(y) * TAIL_FRACTION))
+    starts, medians = bin_medians(y, MAX_BINS)
+    if from_trough:
+        before_tail = int(np.searchsorted(starts, len(y) - tail))
+        if before_tail < 1:
+            return None
+        lowest = int(np.argmin(medians[:before_tail]))
+        base, upper = float(medians[lowest]), float(medians[lowest]) + math.log10(BAND_MIN_FACTOR)
+    else:
+        lowest = 0
+        head = y[: max(1, math.ceil(len(y) * BASELINE_FRACTION))]
+        base = float(np.median(head))
+        upper = base + max(BAND_SIGMAS * float(robust_sigma(head)), math.log10(BAND_MIN_FACTOR))
+    final = float(np.median(y[-tail:]))
     if final <= upper or final - base < math.log10(WARNING_FACTOR):
         return None
-    starts, medians = bin_medians(y, MAX_BINS)
-    first_bin = int(sustained_from(medians > upper))
+    first_bin = int(sustained_from(medians[lowest:] > upper))
     if first_bin < 0:
         return None
+    first_bin += lowest
     start = int(starts[first_bin])
     departure = start + int(np.argmax(y[start:] > upper))
     slope, low, high = theil_sen(x[starts[first_bin:]].astype(np.float64), medians[first_bin:])
@@ -90,12 +120,22 @@ def growth(steps: np.ndarray, norms: np.ndarray) -> Growth | None:
         baseline=10**base,
         band_upper=10**upper,
         final=10**final,
-        peak=10 ** float(np.max(y[-max(1, math.ceil(len(y) * TAIL_FRACTION)):])),
+        peak=10 ** float(np.max(y[-tail:])),
         slope=slope * 1000,
         slope_low=low * 1000,
         slope_high=high * 1000,
         ended_nonfinite=not math.isfinite(float(last)),
     )
+
+
+def _rebound(stream: Stream) -> Growth | None:
+    """A rise of the global norm from its trough, kept only when the loss diverges from there."""
+    steps = stream.steps
+    g = growth(steps["step"].to_numpy(), steps["global_norm"].to_numpy(), from_trough=True)
+    if g is None:
+        return None
+    trend = stream_loss_trend(stream, g.departure_step)
+    return g if trend is not None and trend.diverging else None
 
 
 def _severity(g: Growth, is_global: bool) -> str:
@@ -108,6 +148,11 @@ def detect(stream: Stream) -> list[Finding]:
     """At most one explosion finding for ``stream``."""
     steps = stream.steps
     overall = growth(steps["step"].to_numpy(), steps["global_norm"].to_numpy())
+    if overall is None:
+        overall = _rebound(stream)
+        rebound = overall is not None
+    else:
+        rebound = False
     norms = stream.matrix("norm")
     layers = []
     for j, name in enumerate(stream.names):
@@ -123,10 +168,24 @@ def detect(stream: Stream) -> list[Finding]:
         severities.append(_severity(overall, True))
     departure = min([g.departure_step for _, g in layers] + ([overall.departure_step] if overall else []))
     subject = "The global gradient norm" if overall is not None else f"The gradient norm of {layers[0][0]}"
+    trend = stream_loss_trend(stream, departure)
+    severity = worst(severities)
+    loss_evidence = trend.evidence() if trend is not None else {}
+    guard = clip_command(stream, f"global-norm:max={round3(lead.band_upper)}")
+    if trend is not None and trend.improving and not lead.ended_nonfinite:
+        severity = "info"
+        advice = (f"{subject} grew {times(lead.factor)} from step {lead.departure_step} while {trend.describe()}: "
+                  "training is not hurt, so nothing needs changing; to guard against a later blow-up, clip at "
+                  f"the old band: {guard}.")
+    else:
+        harm = f" and {trend.describe()}" if trend is not None else ""
+        advice = (f"{subject} grew {times(lead.factor)} from step {lead.departure_step} and stayed there{harm}: "
+                  "lower the learning rate (or add warmup) and clip the global norm at its healthy band: "
+                  f"{guard} (or let `gradprobe tune {script_name(stream)}` pick a policy).")
     return [
         Finding(
             kind="explosion",
-            severity=worst(severities),
+            severity=severity,
             layers=[name for name, _ in layers],
             steps=(departure, stream.last_step),
             evidence={
@@ -143,11 +202,9 @@ def detect(stream: Stream) -> list[Finding]:
                 "slope_high": lead.slope_high,
                 "ended_nonfinite": lead.ended_nonfinite,
                 "layers_exploding": len(layers),
+                "from_trough": rebound,
+                **loss_evidence,
             },
-            advice=(
-                f"{subject} grew {times(lead.factor)} from step {lead.departure_step} and stayed there: "
-                "lower the learning rate or add warmup, and clip the global norm "
-                "(`gradprobe recommend` proposes a threshold)."
-            ),
+            advice=advice,
         )
     ]

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 KINDS = ("explosion", "vanishing", "spike", "nonfinite", "dead_layer", "clip_saturation", "imbalance",
-         "task_conflict", "task_imbalance", "rank_divergence")
+         "task_conflict", "task_imbalance", "rank_divergence", "clip_after_step", "too_few_steps", "stalled_layer")
 SEVERITIES = ("info", "warning", "critical")
 
 
@@ -90,6 +91,22 @@ def worst(severities: list[str]) -> str:
 def sentence(text: str) -> str:
     """``text`` with its first letter in upper case."""
     return text[:1].upper() + text[1:]
+
+
+def round3(value: float) -> str:
+    """``value`` to 3 significant digits, as clip specs are written (``0.25``, ``1.3e+03``)."""
+    return f"{float(value):.3g}"
+
+
+def script_name(stream: Any) -> str:
+    """The recorded script's file name, for the commands a finding's advice gives (``train.py``)."""
+    script = (getattr(stream, "run_meta", None) or {}).get("script")
+    return Path(script).name if script else "train.py"
+
+
+def clip_command(stream: Any, spec: str) -> str:
+    """The command that reruns the recorded script with ``spec`` applied: ``gradprobe run --clip ...``."""
+    return f"`gradprobe run --clip {spec} {script_name(stream)}`"
 
 
 def times(factor: float) -> str:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gradprobe.analysis.findings import Finding
+from gradprobe.analysis.findings import Finding, clip_command
 from gradprobe.store.streams import Stream
 
 SKIPPED_WARNING_FRACTION = 0.05
@@ -78,7 +78,8 @@ def detect(stream: Stream) -> list[Finding]:
     else:
         where = "record per-layer statistics at every step (--every 1) to locate the layer"
     if severity == "critical":
-        action = "; lower the learning rate or clip, and a skip policy keeps such updates out of the weights."
+        action = ("; lower the learning rate or clip, and a skip policy keeps such updates out of the weights: "
+                  f"{clip_command(stream, 'zclip:z=2.5+skip:sigma=6')}.")
     else:
         action = "; the updates were skipped, so the weights stayed finite."
     return [

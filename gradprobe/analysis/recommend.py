@@ -11,10 +11,11 @@ Strategies (``P`` is ``--percentile``):
 
 * ``percentile`` (default P = 95): ``global-norm:max=T`` with T the P-th
   percentile of the finite pre-clip global norms. 95 clips the largest 5% of
-  steps, the outliers, and leaves typical steps alone (clipping on 90%+ of the
-  steps is flagged as saturation: a learning-rate cut).
+  steps, the outliers, and leaves typical steps alone.
 * ``autoclip`` (default P = 10, the paper's): ``autoclip:p=P``, the
-  percentile of the norms seen so far, adapting as the norm drifts.
+  percentile of the norms seen so far, adapting as the norm drifts. It clips
+  about 90% of the steps by design; the clip-saturation detector agrees that
+  this is fine while the loss improves, and warns only when it does not.
 * ``zclip``: ``zclip:z=2.5,alpha=0.97`` (the paper's defaults), clipping
   norms far above an EMA of the mean and variance: aimed at spikes.
 * ``agc``: ``agc:lambda=L`` with L the P-th (95th) percentile of each

@@ -28,7 +28,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from gradprobe.analysis.findings import Finding, times
+from gradprobe.analysis.findings import Finding, clip_command, times
 from gradprobe.analysis.robust import MAD_TO_SIGMA, log10_norms, nanmedian
 from gradprobe.store.streams import Stream
 
@@ -119,7 +119,7 @@ def detect(stream: Stream) -> list[Finding]:
             advice=(
                 f"{index.size} step(s) jumped far above the recent norms (worst {times(ratio)} at step "
                 f"{worst_step}): look for outlier batches or a too-high learning rate; an adaptive clip "
-                "(zclip, autoclip) or a skip policy absorbs such steps."
+                f"with a skip guard absorbs such steps: {clip_command(stream, 'zclip:z=2.5+skip:sigma=6')}."
             ),
         )
     ]

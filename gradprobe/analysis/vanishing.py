@@ -19,7 +19,8 @@ Three signs, one finding per optimizer (severity: the worst that fired):
 * **decay**: a layer whose share of the global norm (log10 layer norm - log10
   global norm at the same step) falls by :data:`DECAY_WARNING` (2 decades)
   from the first to the last :data:`EDGE_FRACTION` (20%) of its sampled steps
-  (at least :data:`MIN_POINTS`): ``warning``. Also ``warning`` when the global
+  (at least :data:`MIN_POINTS`) while its own norm fell too (a layer whose
+  share falls only because others explode is not vanishing): ``warning``. Also ``warning`` when the global
   norm itself falls by :data:`GLOBAL_DECAY_WARNING` (3 decades) while the
   recorded loss improved by less than :data:`MIN_LOSS_IMPROVEMENT` (10%):
   gradients died before training converged.
@@ -116,7 +117,8 @@ def _layer_signs(stream: Stream, evidence: dict, severities: list[str], notes: l
         at_sampled = stream.steps.set_index("step")["global_norm"].reindex(stream.sampled).to_numpy()
         share = log10_norms(stream.matrix("norm")) - log10_norms(at_sampled)[:, None]
         decay = _edge_drop(share)
-        decaying = live & (decay >= DECAY_WARNING)
+        own_drop = _edge_drop(log10_norms(stream.matrix("norm")))
+        decaying = live & (decay >= DECAY_WARNING) & (own_drop > 0)
         evidence["max_decay_decades"] = float(np.nanmax(decay)) if np.isfinite(decay).any() else None
         if decaying.any():
             severities.append("warning")

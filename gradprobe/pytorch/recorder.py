@@ -16,7 +16,10 @@
   evaluation in the step is recorded, matching the gradient.
 * A script's own ``torch.nn.utils.clip_grad_norm_`` call is observed: its
   returned norm is recorded as the pre-clip norm and ``max_norm`` as the
-  threshold, so the report can tell whether that clipping ever fires.
+  threshold, so the report can tell whether that clipping ever fires. A call
+  that comes after an optimizer step and before the next ``backward()``
+  clips gradients that were already used: it is counted in that optimizer's
+  ``clip_after_step`` entry of ``run.json`` instead.
 * With a clip policy (``gradprobe run --clip``, ``watch(clip=...)``) the
   gradients are clipped right where they are read, reusing the norms just
   measured, and the step records the pre- and post-clip norms, scale and
@@ -72,6 +75,7 @@ class TorchRecorder(GuardedHooks):
         self._step_loss: torch.Tensor | None = None
         self._scaled_loss: tuple[torch.Tensor, torch.Tensor] | None = None
         self._user_clip: tuple[torch.Tensor, float] | None = None
+        self._stepped: StepBuffer | None = None  # the buffer whose optimizer stepped since the last backward
         self._pre_steps: dict[int, int] = {}
         self._handles: list[Any] = []
         self._patches: list[tuple[Any, str, Any]] = []
@@ -142,7 +146,7 @@ class TorchRecorder(GuardedHooks):
         @functools.wraps(original_clip)
         def clip_grad_norm_(parameters, max_norm, *args, **kwargs):
             total = original_clip(parameters, max_norm, *args, **kwargs)
-            recorder._user_clip = (total, float(max_norm))
+            recorder._guard(recorder._note_user_clip)(total, float(max_norm))
             return total
 
         self._patch(clip_grad, "clip_grad_norm_", clip_grad_norm_)
@@ -254,12 +258,21 @@ class TorchRecorder(GuardedHooks):
         if id(optimizer) in self._found_inf_before:
             restore_found_inf(optimizer, self._found_inf_before.pop(id(optimizer)))
         buffer = self.buffers.get(id(optimizer))
+        self._stepped = buffer
         if buffer is not None and self.session.count_step(buffer.steps):
             raise StopTraining(f"max steps ({self.session.max_steps}) reached")
 
     def _record_skipped(self, optimizer) -> None:
         self._record(optimizer, skipped=True, clip=False)
         self._post_step(optimizer, (), {})
+
+    def _note_user_clip(self, total: torch.Tensor, max_norm: float) -> None:
+        """A script's ``clip_grad_norm_`` ran: recorded with the next step, or noted as coming after one."""
+        stepped = self._stepped
+        if stepped is None:
+            self._user_clip = (total, max_norm)
+        else:
+            self.session.note_clip_after_step(stepped.index, stepped.steps - 1, max_norm)
 
     def _record(self, optimizer, skipped: bool = False, clip: bool = True) -> None:
         """Record the optimizer's gradients; apply the clip policy when ``clip`` (the step follows)."""
@@ -345,6 +358,7 @@ class TorchRecorder(GuardedHooks):
         buffer = self.backward_buffer
         if buffer is not None and not self.optimizer_exists and self.session.count_step(buffer.steps):
             raise StopTraining(f"max steps ({self.session.max_steps}) reached")
+        self._stepped = None
         self._step_loss = None
         if tensor.numel() != 1 or not tensor.is_floating_point():
             return

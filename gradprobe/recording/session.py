@@ -158,6 +158,13 @@ class Session:
             self.writer.write_meta()
         return index
 
+    def note_clip_after_step(self, optimizer: int, step: int, max_norm: float) -> None:
+        """The script clipped after ``optimizer``'s step ``step``: gradients already used (written at the next flush)."""
+        entry = self.optimizers[optimizer].setdefault(
+            "clip_after_step", {"calls": 0, "first_step": step, "last_step": step, "max_norm": max_norm})
+        entry["calls"] += 1
+        entry["last_step"] = step
+
     def add_layers(self, layers: list[dict[str, Any]]) -> list[int]:
         """Register parameters (name, shape, numel, dtype, group, optimizer) and return their ids.
 

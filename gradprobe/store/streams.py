@@ -28,6 +28,8 @@ class Stream:
     ``len(sampled) x len(layer_ids)`` array, NaN (or 0 for counts) where a
     layer had no gradient. ``all_ranks``: in a run recorded with
     ``--all-ranks``, the ``steps`` and layer rows of every rank, else None.
+``run_meta``: the run's ``run.json`` (script, optimizers), for the commands
+and notes of the findings.
     """
 
     optimizer: int
@@ -37,6 +39,15 @@ class Stream:
     rows: pd.DataFrame = field(repr=False)
     _matrices: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     all_ranks: tuple[pd.DataFrame, pd.DataFrame] | None = field(default=None, repr=False)
+    run_meta: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def info(self) -> dict:
+        """This optimizer's entry of ``run.json`` ``optimizers`` (empty when not recorded)."""
+        for entry in self.run_meta.get("optimizers") or []:
+            if isinstance(entry, dict) and entry.get("index") == self.optimizer:
+                return entry
+        return {}
 
     @property
     def names(self) -> list[str]:
@@ -137,5 +148,6 @@ def split_streams(run: Run, rank: int | None = None) -> list[Stream]:
             seen = set(own_rows["layer"].unique())
             ids = table["id"][(owners == optimizer) | (owners.isna() & table["id"].isin(seen))].to_numpy()
         ids = np.asarray(sorted(int(i) for i in ids), dtype=np.int64)
-        streams.append(Stream(int(optimizer), own_steps, ids, table.loc[ids], own_rows, all_ranks=all_ranks))
+        streams.append(Stream(int(optimizer), own_steps, ids, table.loc[ids], own_rows, all_ranks=all_ranks,
+                              run_meta=run.meta))
     return streams

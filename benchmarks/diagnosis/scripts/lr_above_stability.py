@@ -1,0 +1,17 @@
+"""Pathology: full-batch gradient descent on least squares with lr 1.3x the stability limit 2/lambda_max:
+the error along the top eigenvector grows 1.6x per step from the first step."""
+import torch
+from _data import regression
+from torch import nn
+
+torch.manual_seed(0)
+x, y = regression()
+model = nn.Linear(16, 1)
+a = torch.cat([x, torch.ones(len(x), 1)], 1)
+lam = torch.linalg.eigvalsh(2 * a.T @ a / len(x)).max().item()
+opt = torch.optim.SGD(model.parameters(), lr=1.3 * 2 / lam)
+for step in range(60):
+    opt.zero_grad()
+    loss = nn.functional.mse_loss(model(x), y)
+    loss.backward()
+    opt.step()
