@@ -20,8 +20,11 @@
 * With a clip policy (``gradprobe run --clip``, ``watch(clip=...)``) the
   gradients are clipped right where they are read, reusing the norms just
   measured, and the step records the pre- and post-clip norms, scale and
-  threshold. Closure optimizers are recorded but not clipped (the gradient
-  is recomputed inside their step); a warning says so.
+  threshold. With a closure, the gradient is clipped when the closure returns,
+  before the update, for optimizers that evaluate it once per step (SGD, Adam,
+  ... under Lightning's automatic optimisation). Optimizers that evaluate it
+  again (LBFGS) update with later gradients: recorded but not clipped, with a
+  warning.
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ class TorchRecorder(GuardedHooks):
         self.clippers: dict[int, TorchClipper] = {}
         self._found_inf_before: dict[int, object] = {}
         self._warned: set[int] = set()
+        self._reevaluates: set[int] = set()  # optimizers seen evaluating their closure twice in a step
         self.buffers: dict[int, StepBuffer] = {}
         self.backward_buffer: StepBuffer | None = None
         self.optimizer_exists = False
@@ -233,19 +237,40 @@ class TorchRecorder(GuardedHooks):
         return None
 
     def _wrap_closure(self, optimizer, closure):
-        first = [True]
+        """``closure`` recording (and clipping) the gradient of its first evaluation in the step.
+
+        Optimizers that evaluate the closure once (SGD, Adam... under Lightning's automatic
+        optimisation) are clipped right after it returns, before the update. Those that
+        evaluate it again (LBFGS, or any optimizer seen doing so) update with later gradients,
+        so they are recorded but not clipped.
+        """
+        evaluations = [0]
 
         @functools.wraps(closure)
         def wrapped(*args, **kwargs):
-            if not first[0]:
+            evaluations[0] += 1
+            if evaluations[0] == 2:
+                self._guard(self._note_reevaluation)(optimizer)
+            if evaluations[0] > 1:
                 return closure(*args, **kwargs)
-            first[0] = False
             self._pending_loss = None
             loss = closure(*args, **kwargs)
-            self._guard(self._record)(optimizer, clip=False)
+            self._guard(self._record)(optimizer, clip=id(optimizer) not in self._reevaluates
+                                      and not isinstance(optimizer, torch.optim.LBFGS))
             return loss
 
         return wrapped
+
+    def _note_reevaluation(self, optimizer) -> None:
+        """``optimizer`` evaluated its closure a second time in one step: clip it no more."""
+        if id(optimizer) in self._reevaluates or isinstance(optimizer, torch.optim.LBFGS):
+            return
+        self._reevaluates.add(id(optimizer))
+        if self.policy is not None:
+            self._warned.add(id(optimizer))
+            print(f"gradprobe: {type(optimizer).__name__}.step(closure) evaluates its closure more than once "
+                  "per step, so from now on it is recorded but not clipped (this step's first gradient "
+                  "was clipped); clip inside the closure with gradprobe.clipper()", file=sys.stderr)
 
     def _post_step(self, optimizer, args, kwargs):
         if id(optimizer) in self._found_inf_before:

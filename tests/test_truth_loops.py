@@ -1,0 +1,139 @@
+"""Real training-loop shapes, profiled and clipped, checked against the script's own measurements.
+
+Each script measures, with its own hooks and ``torch.linalg.vector_norm`` (no
+gradprobe code), the gradient before clipping and the gradient the update
+used, and writes them to ``seen.json``; the test compares them with the run
+and with the clip policy's formula, ``g * min(1, max / (||g|| + 1e-6))``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import run_cli
+
+import gradprobe
+
+CAP = 0.05
+
+NORM = """
+def norm(tensors):
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors])))
+"""
+
+
+def clipped(pre: np.ndarray, cap: float = CAP) -> np.ndarray:
+    """The global-norm policy's result for pre-clip norms ``pre``."""
+    return pre * np.minimum(1.0, cap / (pre + 1e-6))
+
+
+def seen_and_run(tmp_path):
+    seen = json.loads((tmp_path / "seen.json").read_text())
+    runs = gradprobe.list_runs(tmp_path / "runs")
+    assert len(runs) == 1
+    return seen, runs[0]
+
+
+LIGHTNING = NORM + """
+import json
+import torch
+import lightning.pytorch as pl
+
+torch.manual_seed(0)
+seen = []
+
+class Net(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh())
+        self.head = torch.nn.Linear(16, 1)
+
+    def training_step(self, batch, index):
+        x, y = batch
+        loss = torch.nn.functional.mse_loss(self.head(self.body(x)), y)
+        seen.append({"loss": loss.item()})
+        return loss
+
+    def on_before_optimizer_step(self, optimizer):  # after backward, before any clipping
+        seen[-1]["pre"] = norm([p.grad for p in self.parameters()])
+
+    def configure_optimizers(self):
+        opt = torch.optim.Adam(self.parameters(), lr=0.1)
+        # after the update: the gradients it used (Adam leaves them in place)
+        opt.register_step_post_hook(lambda o, a, k: seen[-1].update(used=norm([p.grad for p in self.parameters()])))
+        return opt
+
+g = torch.Generator().manual_seed(0)
+x = torch.randn(64, 6, generator=g)
+y = 30 * x[:, :1] + torch.randn(64, 1, generator=g)
+loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
+trainer = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                     enable_model_summary=False, accelerator="cpu")
+trainer.fit(Net(), loader)
+json.dump(seen, open("seen.json", "w"))
+"""
+
+
+def test_lightning_automatic_optimisation_is_clipped_before_the_update(tmp_path, write_script):
+    pytest.importorskip("lightning.pytorch")
+    script = write_script(LIGHTNING)
+    result = run_cli("run", "--clip", f"global-norm:max={CAP}", "--out", "runs", str(script), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "not clipped" not in result.stderr
+    seen, run = seen_and_run(tmp_path)
+    pre = np.array([s["pre"] for s in seen])
+    used = np.array([s["used"] for s in seen])
+    assert len(seen) == 16 and (pre > CAP).all()  # every step had something to clip
+    np.testing.assert_allclose(used, clipped(pre), rtol=1e-5)
+    steps = run.steps
+    assert len(steps) == 16
+    np.testing.assert_allclose(steps["global_norm"], pre, rtol=1e-5)
+    np.testing.assert_allclose(steps["global_norm_post"], used, rtol=1e-5)
+    np.testing.assert_allclose(steps["clip_threshold"], CAP)
+    np.testing.assert_allclose(steps["loss"], [s["loss"] for s in seen], rtol=1e-5)
+
+
+TWICE = NORM + """
+import json
+import torch
+
+class TwoLookSGD(torch.optim.SGD):
+    \"\"\"Evaluates the closure twice per step (as SAM does) and updates with the second gradient.\"\"\"
+
+    def step(self, closure=None):
+        closure()
+        closure()
+        seen.append(norm([p.grad for p in model.parameters()]))
+        return super().step()
+
+torch.manual_seed(0)
+seen = []
+model = torch.nn.Linear(4, 1)
+opt = TwoLookSGD(model.parameters(), lr=0.01)
+x, y = torch.randn(32, 4), 20 * torch.randn(32, 1)
+
+def closure():
+    opt.zero_grad()
+    loss = torch.nn.functional.mse_loss(model(x), y)
+    loss.backward()
+    return loss
+
+for _ in range(3):
+    opt.step(closure)
+json.dump(seen, open("seen.json", "w"))
+"""
+
+
+def test_optimizer_that_reevaluates_its_closure_is_no_longer_clipped_and_says_so(tmp_path, write_script):
+    script = write_script(TWICE)
+    result = run_cli("run", "--clip", f"global-norm:max={CAP}", "--out", "runs", str(script), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("evaluates its closure more than once") == 1
+    assert "evaluates the gradient inside" not in result.stderr
+    seen, run = seen_and_run(tmp_path)
+    assert min(seen) > 10 * CAP  # the second evaluation's gradient reached the update unclipped
+    assert len(run.steps) == 3
+    np.testing.assert_allclose(run.steps["clip_threshold"].iloc[0], CAP)  # its first evaluation was clipped
+    assert run.steps["clip_threshold"].iloc[1:].isna().all()
