@@ -137,3 +137,85 @@ def test_optimizer_that_reevaluates_its_closure_is_no_longer_clipped_and_says_so
     assert len(run.steps) == 3
     np.testing.assert_allclose(run.steps["clip_threshold"].iloc[0], CAP)  # its first evaluation was clipped
     assert run.steps["clip_threshold"].iloc[1:].isna().all()
+
+
+CALLABLE_ARGUMENT = NORM + """
+import json
+import torch
+
+class ScheduledSGD(torch.optim.SGD):
+    \"\"\"``step(schedule)``: the learning rate comes from a plain callable, not a closure.\"\"\"
+
+    def step(self, schedule=None):
+        for group in self.param_groups:
+            group["lr"] = schedule(self.count)
+        self.count += 1
+        seen[-1]["used"] = norm([p.grad for p in model.parameters()])
+        return super().step()
+
+torch.manual_seed(0)
+seen = []
+model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+opt = ScheduledSGD(model.parameters(), lr=0.01)
+opt.count = 0
+x, y = torch.randn(32, 4), 20 * torch.randn(32, 1)
+for _ in range(4):
+    opt.zero_grad()
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    seen.append({"pre": norm([p.grad for p in model.parameters()])})
+    opt.step(lambda k: 0.01 / (1 + k))
+json.dump(seen, open("seen.json", "w"))
+"""
+
+
+def test_step_taking_a_plain_callable_is_an_ordinary_clipped_step(tmp_path, write_script):
+    script = write_script(CALLABLE_ARGUMENT)
+    result = run_cli("run", "--clip", f"global-norm:max={CAP}", "--out", "runs", str(script), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "not clipped" not in result.stderr
+    seen, run = seen_and_run(tmp_path)
+    pre = np.array([s["pre"] for s in seen])
+    assert (pre > CAP).all()
+    np.testing.assert_allclose([s["used"] for s in seen], clipped(pre), rtol=1e-5)
+    np.testing.assert_allclose(run.steps["global_norm"], pre, rtol=1e-5)
+
+
+CREATE_GRAPH = NORM + """
+import json
+import torch
+
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+opt = torch.optim.SGD(model.parameters(), lr=0.01)
+x, y = torch.randn(16, 4, requires_grad=True), torch.randn(16, 1)
+seen = []
+for _ in range(5):
+    opt.zero_grad(set_to_none=True)
+    loss = torch.nn.functional.mse_loss(model(x), y)
+    gx, = torch.autograd.grad(loss, x, create_graph=True)
+    total = loss + gx.pow(2).sum()  # gradient penalty
+    total.backward(create_graph=True)
+    seen.append({"loss": total.item(), "layers": [float(torch.linalg.vector_norm(p.grad)) for p in model.parameters()],
+                 "pre": norm([p.grad for p in model.parameters()])})
+    opt.step()
+    seen[-1]["used"] = norm([p.grad for p in model.parameters()])
+json.dump(seen, open("seen.json", "w"))
+"""
+
+
+@pytest.mark.parametrize("clip", [None, f"global-norm:max={CAP}"])
+def test_backward_with_create_graph_records_every_step(tmp_path, write_script, clip):
+    script = write_script(CREATE_GRAPH)
+    command = ["profile", "--every", "1"] if clip is None else ["run", "--every", "1", "--clip", clip]
+    result = run_cli(*command, "--out", "runs", str(script), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "internal error" not in result.stderr
+    seen, run = seen_and_run(tmp_path)
+    pre = np.array([s["pre"] for s in seen])
+    assert len(run.steps) == 5
+    np.testing.assert_allclose(run.steps["global_norm"], pre, rtol=1e-5)
+    np.testing.assert_allclose(run.steps["loss"], [s["loss"] for s in seen], rtol=1e-5)
+    layers = run.layers.pivot(index="step", columns="layer", values="norm").to_numpy()
+    np.testing.assert_allclose(layers, [s["layers"] for s in seen], rtol=1e-5)
+    used = np.array([s["used"] for s in seen])
+    np.testing.assert_allclose(used, pre if clip is None else clipped(pre), rtol=1e-5)

@@ -24,13 +24,15 @@
   before the update, for optimizers that evaluate it once per step (SGD, Adam,
   ... under Lightning's automatic optimisation). Optimizers that evaluate it
   again (LBFGS) update with later gradients: recorded but not clipped, with a
-  warning.
+  warning. A ``step(fn)`` whose first argument is not named ``closure`` is an
+  ordinary step.
 """
 
 from __future__ import annotations
 
 import functools
 import gc
+import inspect
 import sys
 from typing import Any
 
@@ -56,6 +58,20 @@ def active_recorder() -> "TorchRecorder | None":
         if not recorder.disabled and not recorder.session.closed:
             return recorder
     return None
+
+
+@functools.cache
+def takes_closure_first(optimizer_class: type) -> bool:
+    """Whether ``optimizer_class.step``'s first argument is a closure: named ``closure``
+    (torch's convention), or unknown (``*args``). A ``step(fn)`` taking some other callable
+    is an ordinary step."""
+    try:
+        parameters = list(inspect.signature(optimizer_class.step).parameters.values())[1:]
+    except (TypeError, ValueError):
+        return True
+    if not parameters:
+        return False
+    return parameters[0].name == "closure" or parameters[0].kind is inspect.Parameter.VAR_POSITIONAL
 
 
 class TorchRecorder(GuardedHooks):
@@ -227,12 +243,10 @@ class TorchRecorder(GuardedHooks):
         self._note_optimizer(optimizer)
         self._pre_steps[id(optimizer)] = self._pre_steps.get(id(optimizer), 0) + 1
         at = 1 if args and args[0] is optimizer else 0  # torch passes the bound ``self`` in ``args``
-        closure = kwargs.get("closure", args[at] if len(args) > at else None)
-        if callable(closure):
-            wrapped = self._wrap_closure(optimizer, closure)
-            if "closure" in kwargs:
-                return args, {**kwargs, "closure": wrapped}
-            return (*args[:at], wrapped, *args[at + 1:]), kwargs
+        if "closure" in kwargs and callable(kwargs["closure"]):
+            return args, {**kwargs, "closure": self._wrap_closure(optimizer, kwargs["closure"])}
+        if len(args) > at and callable(args[at]) and takes_closure_first(type(optimizer)):
+            return (*args[:at], self._wrap_closure(optimizer, args[at]), *args[at + 1:]), kwargs
         self._record(optimizer)
         return None
 
@@ -331,7 +345,7 @@ class TorchRecorder(GuardedHooks):
         if clipper is None:
             clipper = self.clippers[buffer.index] = TorchClipper(self.policy)
         params = [buffer.params[i] for i in stats.present]
-        grads = [local(p.grad) for p in params]
+        grads = [local(p.grad).detach() for p in params]  # same storage; no graph under create_graph=True
         if stats.weights is None:
             result = clipper.clip(grads, stats.norms, stats.global_norm, params)
             pre_norm, post_norm = result.norm, result.post_norm

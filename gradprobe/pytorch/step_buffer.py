@@ -108,7 +108,7 @@ class StepBuffer:
         plus, on a sampled step, the per-layer statistics. Call it before anything modifies the
         gradients (clipping), so every recorded figure describes the same, pre-clip gradients."""
         present = [i for i, p in enumerate(self.params) if p.grad is not None]
-        grads = [local(dense(self.params[i].grad)) for i in present]
+        grads = [local(dense(self.params[i].grad)).detach() for i in present]  # create_graph=True
         norms = foreach_norms(grads, 2.0, self.device)
         if grad_scale is not None:
             grad_scale = grad_scale.to(self.device)
