@@ -219,3 +219,67 @@ def test_backward_with_create_graph_records_every_step(tmp_path, write_script, c
     np.testing.assert_allclose(layers, [s["layers"] for s in seen], rtol=1e-5)
     used = np.array([s["used"] for s in seen])
     np.testing.assert_allclose(used, pre if clip is None else clipped(pre), rtol=1e-5)
+
+
+IDLE_OPTIMIZER = NORM + """
+import json
+import torch
+
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+opt = torch.optim.SGD(model.parameters(), lr=0.01)  # kept for its scheduler; never stepped
+scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=3)
+x, y = torch.randn(32, 4), 20 * torch.randn(32, 1)
+seen = []
+accumulated = {}  # each gradient as backward() leaves it, before anything after backward() can touch it
+for p in model.parameters():
+    p.register_post_accumulate_grad_hook(lambda p: accumulated.update({id(p): p.grad.detach().clone()}))
+for _ in range(6):
+    model.zero_grad()
+    loss = torch.nn.functional.mse_loss(model(x), y)
+    loss.backward()
+    seen.append({"loss": loss.item(), "pre": norm(list(accumulated.values()))})
+    with torch.no_grad():
+        for p in model.parameters():
+            p -= opt.param_groups[0]["lr"] * p.grad
+    seen[-1]["used"] = norm([p.grad for p in model.parameters()])
+json.dump(seen, open("seen.json", "w"))
+"""
+
+
+@pytest.mark.parametrize("clip", [None, f"global-norm:max={CAP}"])
+def test_optimizer_that_never_steps_falls_back_to_every_backward(tmp_path, write_script, clip):
+    script = write_script(IDLE_OPTIMIZER)
+    command = ["profile"] if clip is None else ["run", "--clip", clip]
+    result = run_cli(*command, "--out", "runs", str(script), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("gradprobe: warning:")]
+    assert len(warnings) == 1 and "(SGD) had not stepped" in warnings[0] and "it never stepped" in warnings[0]
+    seen, run = seen_and_run(tmp_path)
+    assert run.meta["warnings"] == [warnings[0].removeprefix("gradprobe: warning: ")]
+    pre = np.array([s["pre"] for s in seen])
+    assert len(run.steps) == 6  # the first backward pass is kept
+    np.testing.assert_allclose(run.steps["global_norm"], pre, rtol=1e-5)
+    np.testing.assert_allclose(run.steps["loss"], [s["loss"] for s in seen], rtol=1e-5)
+    used = np.array([s["used"] for s in seen])
+    if clip is None:
+        np.testing.assert_allclose(used, pre, rtol=1e-5)
+    else:  # clipped from the second backward on, once the loop showed it updates by hand
+        assert (pre > CAP).all()
+        np.testing.assert_allclose(used, [pre[0], *clipped(pre[1:])], rtol=1e-5)
+        np.testing.assert_allclose(run.steps["global_norm_post"].iloc[1:], clipped(pre[1:]), rtol=1e-5)
+
+
+def test_a_run_that_records_nothing_says_why(tmp_path, write_script):
+    script = write_script("""
+        import torch
+        model = torch.nn.Linear(3, 1)
+        with torch.no_grad():
+            print(tuple(model(torch.ones(2, 3)).shape))
+    """)
+    result = run_cli("profile", "--out", "runs", str(script), cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout == "(2, 1)\n", result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("gradprobe: warning:")]
+    assert len(warnings) == 1 and "no step recorded" in warnings[0]
+    run = gradprobe.list_runs(tmp_path / "runs")[0]
+    assert run.meta["warnings"] == [warnings[0].removeprefix("gradprobe: warning: ")] and len(run.steps) == 0

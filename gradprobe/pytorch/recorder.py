@@ -49,6 +49,8 @@ from gradprobe.recording.hook_guard import GuardedHooks
 from gradprobe.recording.session import Session, StopTraining
 
 
+FEW_STEPS_RATIO = 128  # backward passes per recorded step beyond any common accumulation factor (<= 64)
+
 _installed: list["TorchRecorder"] = []  # recorders installed in this process, newest last
 
 
@@ -86,9 +88,14 @@ class TorchRecorder(GuardedHooks):
         self._warned: set[int] = set()
         self._reevaluates: set[int] = set()  # optimizers seen evaluating their closure twice in a step
         self.buffers: dict[int, StepBuffer] = {}
-        self.backward_buffer: StepBuffer | None = None
+        self.backward_buffer: StepBuffer | None = None  # provisional (unregistered) while an optimizer may step
         self.optimizer_exists = False
-        self._pending_loss: torch.Tensor | None = None
+        self.stepped = False  # an optimizer of the watched parameters has stepped
+        self._fallback: str | None = None  # why backward passes became steps while an optimizer existed
+        self.backwards = 0  # backward() calls seen
+        self._grad_marks: list[tuple[int, int]] = []  # (id, version) of each gradient after the last backward
+        self._pending_loss: torch.Tensor | None = None  # summed over the backward() calls since the last step
+        self._backward_loss: torch.Tensor | None = None  # the last backward() call's
         self._step_loss: torch.Tensor | None = None
         self._scaled_loss: tuple[torch.Tensor, torch.Tensor] | None = None
         self._user_clip: tuple[torch.Tensor, float] | None = None
@@ -169,8 +176,13 @@ class TorchRecorder(GuardedHooks):
         return self
 
     def remove(self) -> None:
-        """Flush what is buffered and undo every hook and patch."""
+        """Flush what is buffered, warn when the run recorded (far) fewer steps than the script
+        trained, and undo every hook and patch."""
+        buffer = self.backward_buffer
+        if buffer is not None and buffer.index is None and buffer.steps:
+            self._guard(self._fall_back)("the script ended without an optimizer step")
         self.flush()
+        self._guard(self._check_shortfall)()
         if self in _installed:
             _installed.remove(self)
         for handle in self._handles:
@@ -240,7 +252,7 @@ class TorchRecorder(GuardedHooks):
         return buffer
 
     def _pre_step(self, optimizer, args, kwargs):
-        self._note_optimizer(optimizer)
+        self._note_step(optimizer)
         self._pre_steps[id(optimizer)] = self._pre_steps.get(id(optimizer), 0) + 1
         at = 1 if args and args[0] is optimizer else 0  # torch passes the bound ``self`` in ``args``
         if "closure" in kwargs and callable(kwargs["closure"]):
@@ -293,7 +305,16 @@ class TorchRecorder(GuardedHooks):
         if buffer is not None and self.session.count_step(buffer.steps):
             raise StopTraining(f"max steps ({self.session.max_steps}) reached")
 
+    def _note_step(self, optimizer) -> None:
+        """``optimizer`` steps (or its step was skipped on overflow): the loop uses its optimizer."""
+        self._note_optimizer(optimizer)
+        if not self.stepped and self._updates_watched(optimizer):
+            self.stepped = True
+            if self.backward_buffer is not None and self.backward_buffer.index is None:
+                self.backward_buffer = None  # its backward passes were this step's micro-batches
+
     def _record_skipped(self, optimizer) -> None:
+        self._note_step(optimizer)
         self._record(optimizer, skipped=True, clip=False)
         self._post_step(optimizer, (), {})
 
@@ -379,30 +400,80 @@ class TorchRecorder(GuardedHooks):
 
     def _before_backward(self, tensor: torch.Tensor) -> None:
         buffer = self.backward_buffer
-        if buffer is not None and not self.optimizer_exists and self.session.count_step(buffer.steps):
+        if buffer is not None and buffer.index is None and self._gradients_reset():
+            self._fall_back("its gradients were reset between backward() calls with no optimizer step")
+        if buffer is not None and buffer.index is not None and not self.stepped \
+                and self.session.count_step(buffer.steps):
             raise StopTraining(f"max steps ({self.session.max_steps}) reached")
-        self._step_loss = None
+        self._step_loss = self._backward_loss = None
         if tensor.numel() != 1 or not tensor.is_floating_point():
             return
         loss = tensor.detach()
         if self._scaled_loss is not None and self._scaled_loss[0] is tensor:
             loss = self._scaled_loss[1]
         self._scaled_loss = None
-        loss = loss.reshape(()).float()
+        loss = self._backward_loss = loss.reshape(()).float()
         self._pending_loss = loss if self._pending_loss is None else self._pending_loss + loss
 
     def _after_backward(self) -> None:
-        if self.optimizer_exists:
+        """Per-backward recording, until an optimizer steps.
+
+        With no optimizer, every ``backward()`` is a step. While an optimizer exists
+        but has not stepped, the backward passes are recorded provisionally: dropped
+        at its first step (they were that step's micro-batches), kept as steps once
+        the loop shows it updates without the optimizer (gradients reset between
+        backward passes), when the buffer fills, or when the script ends.
+        """
+        self.backwards += 1
+        if self.stepped:
             return
-        if self.backward_buffer is None:
+        buffer = self.backward_buffer
+        if buffer is None:
             params = self.namer.trainable_params()
             if not params:
                 return
-            index = self.session.add_optimizer({"class": None, "kind": "backward"})
-            self.backward_buffer = StepBuffer(self.session, self.namer, index, params)
-        loss, self._pending_loss = self._pending_loss, None
-        stats = self.backward_buffer.measure()
-        if self.policy is not None:
-            self._clip(self.backward_buffer, stats, loss, False)
+            index = None if self.optimizer_exists else self.session.add_optimizer({"class": None, "kind": "backward"})
+            buffer = self.backward_buffer = StepBuffer(self.session, self.namer, index, params)
+        elif buffer.index is None and buffer.full:
+            self._fall_back(f"{buffer.steps} backward() calls with no optimizer step")
+        loss = self._backward_loss
+        if buffer.index is not None:  # a step: the next one's loss starts afresh
+            self._pending_loss = None
+        stats = buffer.measure()
+        if self.policy is not None and buffer.index is not None:
+            self._clip(buffer, stats, loss, False)
         else:
-            self.backward_buffer.record(stats, loss=loss)
+            buffer.record(stats, loss=loss)
+        if buffer.index is None:
+            self._grad_marks = [(id(p.grad), p.grad._version) for p in buffer.params if p.grad is not None]
+
+    def _gradients_reset(self) -> bool:
+        """Whether the gradients of the last backward() were set to None, replaced or zeroed since."""
+        params = self.backward_buffer.params
+        current = [(id(p.grad), p.grad._version) for p in params if p.grad is not None]
+        return current != self._grad_marks
+
+    def _fall_back(self, why: str) -> None:
+        """Keep the provisional backward passes as steps: the script's optimizer does not step."""
+        names = sorted({type(o).__name__ for o in gc.get_objects()
+                        if isinstance(o, torch.optim.Optimizer) and self._updates_watched(o)})
+        self._fallback = f"the script's optimizer ({', '.join(names) or 'unknown'}) had not stepped ({why})"
+        index = self.session.add_optimizer({"class": None, "kind": "backward"})
+        self.backward_buffer.register(index)
+        self.backward_buffer.flush()
+
+    def _check_shortfall(self) -> None:
+        """Warn (stderr and run.json) when backward passes ran but (almost) no step was recorded."""
+        recorded = sum(buffer.steps for buffer in self._all_buffers() if buffer.index is not None)
+        if self._fallback is not None:
+            done = self.backward_buffer.steps if self.backward_buffer is not None else 0
+            self.session.warn(f"{self._fallback}: {done} backward() calls recorded as steps of their own"
+                              + (", then it stepped" if self.stepped else "; it never stepped")
+                              + ("; the updates before gradprobe noticed were not clipped" if self.policy is not None else ""))
+        elif self.backwards and not recorded:
+            self.session.warn(f"{self.backwards} backward() calls, but none reached a parameter of the "
+                              "script's models that requires grad: nothing recorded")
+        elif self.backwards >= FEW_STEPS_RATIO * recorded > 0:
+            self.session.warn(f"{self.backwards} backward() calls but only {recorded} steps recorded: "
+                              "an optimizer of the script's models steps rarely, or the loop updates "
+                              "some parameters by hand")
