@@ -283,3 +283,54 @@ def test_a_run_that_records_nothing_says_why(tmp_path, write_script):
     assert len(warnings) == 1 and "no step recorded" in warnings[0]
     run = gradprobe.list_runs(tmp_path / "runs")[0]
     assert run.meta["warnings"] == [warnings[0].removeprefix("gradprobe: warning: ")] and len(run.steps) == 0
+
+
+LIGHTNING_ACCUMULATION = NORM + """
+import json
+import torch
+import lightning.pytorch as pl
+
+torch.manual_seed(0)
+losses, steps = [], []
+
+class Net(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(6, 1)
+
+    def training_step(self, batch, index):
+        x, y = batch
+        loss = torch.nn.functional.mse_loss(self.layer(x), y)
+        losses.append(loss.item())
+        return loss
+
+    def on_before_optimizer_step(self, optimizer):
+        steps.append({"pre": norm([p.grad for p in self.parameters()]), "micro_batches": len(losses)})
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+g = torch.Generator().manual_seed(0)
+x = torch.randn(64, 6, generator=g)
+y = 5 * x[:, :1] * (1 + torch.arange(64.0)[:, None] / 8) + torch.randn(64, 1, generator=g)  # batches differ
+loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
+trainer = pl.Trainer(max_epochs=1, accumulate_grad_batches=2, logger=False, enable_checkpointing=False,
+                     enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+trainer.fit(Net(), loader)
+json.dump({"losses": losses, "steps": steps}, open("seen.json", "w"))
+"""
+
+
+def test_lightning_accumulation_records_the_loss_of_every_micro_batch_of_the_step(tmp_path, write_script):
+    pytest.importorskip("lightning.pytorch")
+    script = write_script(LIGHTNING_ACCUMULATION)
+    result = run_cli("profile", "--out", "runs", str(script), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    seen, run = seen_and_run(tmp_path)
+    losses = np.array(seen["losses"])
+    assert [s["micro_batches"] for s in seen["steps"]] == [2, 4, 6, 8]
+    # Lightning back-propagates each micro-batch's loss divided by accumulate_grad_batches
+    expected = (losses[0::2] + losses[1::2]) / 2
+    assert np.abs(losses[1::2] / 2 - expected).min() > 1e-3 * expected.max()  # the last micro-batch alone is wrong
+    np.testing.assert_allclose(run.steps["loss"], expected, rtol=1e-5)
+    np.testing.assert_allclose(run.steps["global_norm"], [s["pre"] for s in seen["steps"]], rtol=1e-5)

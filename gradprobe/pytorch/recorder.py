@@ -13,7 +13,9 @@
   backward calls since the previous step, unscaled when it came from
   ``GradScaler.scale``). Several optimizers stepping on the same backward
   passes all record that loss. With a closure, the loss of its first
-  evaluation in the step is recorded, matching the gradient.
+  evaluation in the step is recorded, matching the gradient, plus the losses
+  back-propagated before the step when the closure does not zero the
+  gradients (Lightning's ``accumulate_grad_batches``).
 * A script's own ``torch.nn.utils.clip_grad_norm_`` call is observed: its
   returned norm is recorded as the pre-clip norm and ``max_norm`` as the
   threshold, so the report can tell whether that clipping ever fires.
@@ -96,6 +98,7 @@ class TorchRecorder(GuardedHooks):
         self._grad_marks: list[tuple[int, int]] = []  # (id, version) of each gradient after the last backward
         self._pending_loss: torch.Tensor | None = None  # summed over the backward() calls since the last step
         self._backward_loss: torch.Tensor | None = None  # the last backward() call's
+        self._zeroed = False  # a zero_grad() ran since this flag was last cleared
         self._step_loss: torch.Tensor | None = None
         self._scaled_loss: tuple[torch.Tensor, torch.Tensor] | None = None
         self._user_clip: tuple[torch.Tensor, float] | None = None
@@ -126,6 +129,9 @@ class TorchRecorder(GuardedHooks):
             return result
 
         self._patch(torch.Tensor, "backward", backward)
+
+        for owner in (torch.optim.Optimizer, torch.nn.Module):
+            self._patch(owner, "zero_grad", self._noting_zero_grad(owner.zero_grad))
 
         original_init = torch.optim.Optimizer.__init__
 
@@ -174,6 +180,16 @@ class TorchRecorder(GuardedHooks):
         if self not in _installed:
             _installed.append(self)
         return self
+
+    def _noting_zero_grad(self, original):
+        recorder = self
+
+        @functools.wraps(original)
+        def zero_grad(owner, *args, **kwargs):
+            recorder._zeroed = True
+            return original(owner, *args, **kwargs)
+
+        return zero_grad
 
     def remove(self) -> None:
         """Flush what is buffered, warn when the run recorded (far) fewer steps than the script
@@ -279,8 +295,10 @@ class TorchRecorder(GuardedHooks):
                 self._guard(self._note_reevaluation)(optimizer)
             if evaluations[0] > 1:
                 return closure(*args, **kwargs)
-            self._pending_loss = None
+            before, self._pending_loss, self._zeroed = self._pending_loss, None, False
             loss = closure(*args, **kwargs)
+            if before is not None and not self._zeroed:  # the closure added to gradients accumulated before it
+                self._pending_loss = before if self._pending_loss is None else before + self._pending_loss
             self._guard(self._record)(optimizer, clip=id(optimizer) not in self._reevaluates
                                       and not isinstance(optimizer, torch.optim.LBFGS))
             return loss
