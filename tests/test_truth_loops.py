@@ -334,3 +334,38 @@ def test_lightning_accumulation_records_the_loss_of_every_micro_batch_of_the_ste
     assert np.abs(losses[1::2] / 2 - expected).min() > 1e-3 * expected.max()  # the last micro-batch alone is wrong
     np.testing.assert_allclose(run.steps["loss"], expected, rtol=1e-5)
     np.testing.assert_allclose(run.steps["global_norm"], [s["pre"] for s in seen["steps"]], rtol=1e-5)
+
+
+TWO_OPTIMIZERS = """
+import json
+import torch
+
+torch.manual_seed(0)
+generator, critic = torch.nn.Linear(2, 2), torch.nn.Linear(2, 1)
+opt_g = torch.optim.SGD(generator.parameters(), lr=0.01)
+opt_c = torch.optim.SGD(critic.parameters(), lr=0.01)
+taken = {"critic": 0, "generator": 0}
+for _ in range(100):
+    for _ in range(2):  # the critic steps twice per generator step
+        opt_c.zero_grad()
+        critic(generator(torch.randn(8, 2)).detach()).mean().backward()
+        opt_c.step()
+        taken["critic"] += 1
+        json.dump(taken, open("seen.json", "w"))
+    opt_g.zero_grad()
+    (-critic(generator(torch.randn(8, 2)))).mean().backward()
+    opt_g.step()
+    taken["generator"] += 1
+    json.dump(taken, open("seen.json", "w"))
+"""
+
+
+def test_max_steps_counts_the_slowest_optimizer(tmp_path, write_script):
+    script = write_script(TWO_OPTIMIZERS)
+    result = run_cli("profile", "--max-steps", "5", "--out", "runs", str(script), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    seen, run = seen_and_run(tmp_path)
+    # the step that reached the limit ends the script before the script counts it
+    assert seen == {"critic": 10, "generator": 4}
+    counts = run.steps.groupby("optimizer").size().to_dict()
+    assert sorted(counts.values()) == [5, 10]

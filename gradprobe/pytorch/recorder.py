@@ -36,6 +36,7 @@ import functools
 import gc
 import inspect
 import sys
+import weakref
 from typing import Any
 
 import torch
@@ -93,6 +94,7 @@ class TorchRecorder(GuardedHooks):
         self.backward_buffer: StepBuffer | None = None  # provisional (unregistered) while an optimizer may step
         self.optimizer_exists = False
         self.stepped = False  # an optimizer of the watched parameters has stepped
+        self._optimizers: dict[int, weakref.ref] = {}  # the optimizers recorded, by id
         self._fallback: str | None = None  # why backward passes became steps while an optimizer existed
         self.backwards = 0  # backward() calls seen
         self._grad_marks: list[tuple[int, int]] = []  # (id, version) of each gradient after the last backward
@@ -320,8 +322,15 @@ class TorchRecorder(GuardedHooks):
         if id(optimizer) in self._found_inf_before:
             restore_found_inf(optimizer, self._found_inf_before.pop(id(optimizer)))
         buffer = self.buffers.get(id(optimizer))
-        if buffer is not None and self.session.count_step(buffer.steps):
+        if buffer is not None and self.session.count_step(self._slowest_steps()):
             raise StopTraining(f"max steps ({self.session.max_steps}) reached")
+
+    def _slowest_steps(self) -> int:
+        """Steps of the optimizer that has taken fewest, among those still alive: with several
+        optimizers (a GAN), ``max_steps`` counts the slowest one's, so each takes at least that many."""
+        live = [buffer.steps for key, buffer in self.buffers.items()
+                if key in self._optimizers and self._optimizers[key]() is not None]
+        return min(live, default=0)
 
     def _note_step(self, optimizer) -> None:
         """``optimizer`` steps (or its step was skipped on overflow): the loop uses its optimizer."""
@@ -345,6 +354,9 @@ class TorchRecorder(GuardedHooks):
         user_clip, self._user_clip = self._user_clip, None
         if buffer is None:
             return
+        ref = self._optimizers.get(id(optimizer))
+        if ref is None or ref() is not optimizer:
+            self._optimizers[id(optimizer)] = weakref.ref(optimizer)
         grad_scale = getattr(optimizer, "grad_scale", None)
         found_inf = getattr(optimizer, "found_inf", None)
         stats = buffer.measure(grad_scale if isinstance(grad_scale, torch.Tensor) else None)
