@@ -133,6 +133,10 @@ def run_script(session: Session, script: str, args: Sequence[str], seed: int | N
         sys.argv = saved_argv
         if saved_path0 is not None:
             sys.path[0] = saved_path0
+        if outcome.status == "finished" and session.recording and not session.recorded_steps \
+                and not session.writer.meta["warnings"]:
+            session.warn("no step recorded: the script ran no optimizer step or backward() of a model gradprobe "
+                         "could see" + ("" if session.recorders else " (it imported neither PyTorch nor TensorFlow)"))
         session.close(outcome.status, outcome.exit_code, outcome.error, outcome.stop_reason)
         if on_end is not None:
             on_end(outcome)

@@ -13,7 +13,9 @@
   backward calls since the previous step, unscaled when it came from
   ``GradScaler.scale``). Several optimizers stepping on the same backward
   passes all record that loss. With a closure, the loss of its first
-  evaluation in the step is recorded, matching the gradient.
+  evaluation in the step is recorded, matching the gradient, plus the losses
+  back-propagated before the step when the closure does not zero the
+  gradients (Lightning's ``accumulate_grad_batches``).
 * A script's own ``torch.nn.utils.clip_grad_norm_`` call is observed: its
   returned norm is recorded as the pre-clip norm and ``max_norm`` as the
   threshold, so the report can tell whether that clipping ever fires. A call
@@ -23,15 +25,21 @@
 * With a clip policy (``gradprobe run --clip``, ``watch(clip=...)``) the
   gradients are clipped right where they are read, reusing the norms just
   measured, and the step records the pre- and post-clip norms, scale and
-  threshold. Closure optimizers are recorded but not clipped (the gradient
-  is recomputed inside their step); a warning says so.
+  threshold. With a closure, the gradient is clipped when the closure returns,
+  before the update, for optimizers that evaluate it once per step (SGD, Adam,
+  ... under Lightning's automatic optimisation). Optimizers that evaluate it
+  again (LBFGS) update with later gradients: recorded but not clipped, with a
+  warning. A ``step(fn)`` whose first argument is not named ``closure`` is an
+  ordinary step.
 """
 
 from __future__ import annotations
 
 import functools
 import gc
+import inspect
 import sys
+import weakref
 from typing import Any
 
 import torch
@@ -47,6 +55,8 @@ from gradprobe.recording.hook_guard import GuardedHooks
 from gradprobe.recording.session import Session, StopTraining
 
 
+FEW_STEPS_RATIO = 128  # backward passes per recorded step beyond any common accumulation factor (<= 64)
+
 _installed: list["TorchRecorder"] = []  # recorders installed in this process, newest last
 
 
@@ -56,6 +66,20 @@ def active_recorder() -> "TorchRecorder | None":
         if not recorder.disabled and not recorder.session.closed:
             return recorder
     return None
+
+
+@functools.cache
+def takes_closure_first(optimizer_class: type) -> bool:
+    """Whether ``optimizer_class.step``'s first argument is a closure: named ``closure``
+    (torch's convention), or unknown (``*args``). A ``step(fn)`` taking some other callable
+    is an ordinary step."""
+    try:
+        parameters = list(inspect.signature(optimizer_class.step).parameters.values())[1:]
+    except (TypeError, ValueError):
+        return True
+    if not parameters:
+        return False
+    return parameters[0].name == "closure" or parameters[0].kind is inspect.Parameter.VAR_POSITIONAL
 
 
 class TorchRecorder(GuardedHooks):
@@ -68,10 +92,18 @@ class TorchRecorder(GuardedHooks):
         self.clippers: dict[int, TorchClipper] = {}
         self._found_inf_before: dict[int, object] = {}
         self._warned: set[int] = set()
+        self._reevaluates: set[int] = set()  # optimizers seen evaluating their closure twice in a step
         self.buffers: dict[int, StepBuffer] = {}
-        self.backward_buffer: StepBuffer | None = None
+        self.backward_buffer: StepBuffer | None = None  # provisional (unregistered) while an optimizer may step
         self.optimizer_exists = False
-        self._pending_loss: torch.Tensor | None = None
+        self.stepped = False  # an optimizer of the watched parameters has stepped
+        self._optimizers: dict[int, weakref.ref] = {}  # the optimizers recorded, by id
+        self._fallback: str | None = None  # why backward passes became steps while an optimizer existed
+        self.backwards = 0  # backward() calls seen
+        self._grad_marks: list[tuple[int, int]] = []  # (id, version) of each gradient after the last backward
+        self._pending_loss: torch.Tensor | None = None  # summed over the backward() calls since the last step
+        self._backward_loss: torch.Tensor | None = None  # the last backward() call's
+        self._zeroed = False  # a zero_grad() ran since this flag was last cleared
         self._step_loss: torch.Tensor | None = None
         self._scaled_loss: tuple[torch.Tensor, torch.Tensor] | None = None
         self._user_clip: tuple[torch.Tensor, float] | None = None
@@ -106,6 +138,9 @@ class TorchRecorder(GuardedHooks):
             return result
 
         self._patch(torch.Tensor, "backward", backward)
+
+        for owner in (torch.optim.Optimizer, torch.nn.Module):
+            self._patch(owner, "zero_grad", self._noting_zero_grad(owner.zero_grad))
 
         original_init = torch.optim.Optimizer.__init__
 
@@ -155,9 +190,24 @@ class TorchRecorder(GuardedHooks):
             _installed.append(self)
         return self
 
+    def _noting_zero_grad(self, original):
+        recorder = self
+
+        @functools.wraps(original)
+        def zero_grad(owner, *args, **kwargs):
+            recorder._zeroed = True
+            return original(owner, *args, **kwargs)
+
+        return zero_grad
+
     def remove(self) -> None:
-        """Flush what is buffered and undo every hook and patch."""
+        """Flush what is buffered, warn when the run recorded (far) fewer steps than the script
+        trained, and undo every hook and patch."""
+        buffer = self.backward_buffer
+        if buffer is not None and buffer.index is None and buffer.steps:
+            self._guard(self._fall_back)("the script ended without an optimizer step")
         self.flush()
+        self._guard(self._check_shortfall)()
         if self in _installed:
             _installed.remove(self)
         for handle in self._handles:
@@ -227,42 +277,79 @@ class TorchRecorder(GuardedHooks):
         return buffer
 
     def _pre_step(self, optimizer, args, kwargs):
-        self._note_optimizer(optimizer)
+        self._note_step(optimizer)
         self._pre_steps[id(optimizer)] = self._pre_steps.get(id(optimizer), 0) + 1
         at = 1 if args and args[0] is optimizer else 0  # torch passes the bound ``self`` in ``args``
-        closure = kwargs.get("closure", args[at] if len(args) > at else None)
-        if callable(closure):
-            wrapped = self._wrap_closure(optimizer, closure)
-            if "closure" in kwargs:
-                return args, {**kwargs, "closure": wrapped}
-            return (*args[:at], wrapped, *args[at + 1:]), kwargs
+        if "closure" in kwargs and callable(kwargs["closure"]):
+            return args, {**kwargs, "closure": self._wrap_closure(optimizer, kwargs["closure"])}
+        if len(args) > at and callable(args[at]) and takes_closure_first(type(optimizer)):
+            return (*args[:at], self._wrap_closure(optimizer, args[at]), *args[at + 1:]), kwargs
         self._record(optimizer)
         return None
 
     def _wrap_closure(self, optimizer, closure):
-        first = [True]
+        """``closure`` recording (and clipping) the gradient of its first evaluation in the step.
+
+        Optimizers that evaluate the closure once (SGD, Adam... under Lightning's automatic
+        optimisation) are clipped right after it returns, before the update. Those that
+        evaluate it again (LBFGS, or any optimizer seen doing so) update with later gradients,
+        so they are recorded but not clipped.
+        """
+        evaluations = [0]
 
         @functools.wraps(closure)
         def wrapped(*args, **kwargs):
-            if not first[0]:
+            evaluations[0] += 1
+            if evaluations[0] == 2:
+                self._guard(self._note_reevaluation)(optimizer)
+            if evaluations[0] > 1:
                 return closure(*args, **kwargs)
-            first[0] = False
-            self._pending_loss = None
+            before, self._pending_loss, self._zeroed = self._pending_loss, None, False
             loss = closure(*args, **kwargs)
-            self._guard(self._record)(optimizer, clip=False)
+            if before is not None and not self._zeroed:  # the closure added to gradients accumulated before it
+                self._pending_loss = before if self._pending_loss is None else before + self._pending_loss
+            self._guard(self._record)(optimizer, clip=id(optimizer) not in self._reevaluates
+                                      and not isinstance(optimizer, torch.optim.LBFGS))
             return loss
 
         return wrapped
+
+    def _note_reevaluation(self, optimizer) -> None:
+        """``optimizer`` evaluated its closure a second time in one step: clip it no more."""
+        if id(optimizer) in self._reevaluates or isinstance(optimizer, torch.optim.LBFGS):
+            return
+        self._reevaluates.add(id(optimizer))
+        if self.policy is not None:
+            self._warned.add(id(optimizer))
+            print(f"gradprobe: {type(optimizer).__name__}.step(closure) evaluates its closure more than once "
+                  "per step, so from now on it is recorded but not clipped (this step's first gradient "
+                  "was clipped); clip inside the closure with gradprobe.clipper()", file=sys.stderr)
 
     def _post_step(self, optimizer, args, kwargs):
         if id(optimizer) in self._found_inf_before:
             restore_found_inf(optimizer, self._found_inf_before.pop(id(optimizer)))
         buffer = self.buffers.get(id(optimizer))
         self._stepped = buffer
-        if buffer is not None and self.session.count_step(buffer.steps):
+        if buffer is not None and self.session.count_step(self._slowest_steps()):
             raise StopTraining(f"max steps ({self.session.max_steps}) reached")
 
+    def _slowest_steps(self) -> int:
+        """Steps of the optimizer that has taken fewest, among those still alive: with several
+        optimizers (a GAN), ``max_steps`` counts the slowest one's, so each takes at least that many."""
+        live = [buffer.steps for key, buffer in self.buffers.items()
+                if key in self._optimizers and self._optimizers[key]() is not None]
+        return min(live, default=0)
+
+    def _note_step(self, optimizer) -> None:
+        """``optimizer`` steps (or its step was skipped on overflow): the loop uses its optimizer."""
+        self._note_optimizer(optimizer)
+        if not self.stepped and self._updates_watched(optimizer):
+            self.stepped = True
+            if self.backward_buffer is not None and self.backward_buffer.index is None:
+                self.backward_buffer = None  # its backward passes were this step's micro-batches
+
     def _record_skipped(self, optimizer) -> None:
+        self._note_step(optimizer)
         self._record(optimizer, skipped=True, clip=False)
         self._post_step(optimizer, (), {})
 
@@ -283,6 +370,9 @@ class TorchRecorder(GuardedHooks):
         user_clip, self._user_clip = self._user_clip, None
         if buffer is None:
             return
+        ref = self._optimizers.get(id(optimizer))
+        if ref is None or ref() is not optimizer:
+            self._optimizers[id(optimizer)] = weakref.ref(optimizer)
         grad_scale = getattr(optimizer, "grad_scale", None)
         found_inf = getattr(optimizer, "found_inf", None)
         stats = buffer.measure(grad_scale if isinstance(grad_scale, torch.Tensor) else None)
@@ -322,7 +412,7 @@ class TorchRecorder(GuardedHooks):
         if clipper is None:
             clipper = self.clippers[buffer.index] = TorchClipper(self.policy)
         params = [buffer.params[i] for i in stats.present]
-        grads = [local(p.grad) for p in params]
+        grads = [local(p.grad).detach() for p in params]  # same storage; no graph under create_graph=True
         if stats.weights is None:
             result = clipper.clip(grads, stats.norms, stats.global_norm, params)
             pre_norm, post_norm = result.norm, result.post_norm
@@ -356,31 +446,81 @@ class TorchRecorder(GuardedHooks):
 
     def _before_backward(self, tensor: torch.Tensor) -> None:
         buffer = self.backward_buffer
-        if buffer is not None and not self.optimizer_exists and self.session.count_step(buffer.steps):
+        if buffer is not None and buffer.index is None and self._gradients_reset():
+            self._fall_back("its gradients were reset between backward() calls with no optimizer step")
+        if buffer is not None and buffer.index is not None and not self.stepped \
+                and self.session.count_step(buffer.steps):
             raise StopTraining(f"max steps ({self.session.max_steps}) reached")
         self._stepped = None
-        self._step_loss = None
+        self._step_loss = self._backward_loss = None
         if tensor.numel() != 1 or not tensor.is_floating_point():
             return
         loss = tensor.detach()
         if self._scaled_loss is not None and self._scaled_loss[0] is tensor:
             loss = self._scaled_loss[1]
         self._scaled_loss = None
-        loss = loss.reshape(()).float()
+        loss = self._backward_loss = loss.reshape(()).float()
         self._pending_loss = loss if self._pending_loss is None else self._pending_loss + loss
 
     def _after_backward(self) -> None:
-        if self.optimizer_exists:
+        """Per-backward recording, until an optimizer steps.
+
+        With no optimizer, every ``backward()`` is a step. While an optimizer exists
+        but has not stepped, the backward passes are recorded provisionally: dropped
+        at its first step (they were that step's micro-batches), kept as steps once
+        the loop shows it updates without the optimizer (gradients reset between
+        backward passes), when the buffer fills, or when the script ends.
+        """
+        self.backwards += 1
+        if self.stepped:
             return
-        if self.backward_buffer is None:
+        buffer = self.backward_buffer
+        if buffer is None:
             params = self.namer.trainable_params()
             if not params:
                 return
-            index = self.session.add_optimizer({"class": None, "kind": "backward"})
-            self.backward_buffer = StepBuffer(self.session, self.namer, index, params)
-        loss, self._pending_loss = self._pending_loss, None
-        stats = self.backward_buffer.measure()
-        if self.policy is not None:
-            self._clip(self.backward_buffer, stats, loss, False)
+            index = None if self.optimizer_exists else self.session.add_optimizer({"class": None, "kind": "backward"})
+            buffer = self.backward_buffer = StepBuffer(self.session, self.namer, index, params)
+        elif buffer.index is None and buffer.full:
+            self._fall_back(f"{buffer.steps} backward() calls with no optimizer step")
+        loss = self._backward_loss
+        if buffer.index is not None:  # a step: the next one's loss starts afresh
+            self._pending_loss = None
+        stats = buffer.measure()
+        if self.policy is not None and buffer.index is not None:
+            self._clip(buffer, stats, loss, False)
         else:
-            self.backward_buffer.record(stats, loss=loss)
+            buffer.record(stats, loss=loss)
+        if buffer.index is None:
+            self._grad_marks = [(id(p.grad), p.grad._version) for p in buffer.params if p.grad is not None]
+
+    def _gradients_reset(self) -> bool:
+        """Whether the gradients of the last backward() were set to None, replaced or zeroed since."""
+        params = self.backward_buffer.params
+        current = [(id(p.grad), p.grad._version) for p in params if p.grad is not None]
+        return current != self._grad_marks
+
+    def _fall_back(self, why: str) -> None:
+        """Keep the provisional backward passes as steps: the script's optimizer does not step."""
+        names = sorted({type(o).__name__ for o in gc.get_objects()
+                        if isinstance(o, torch.optim.Optimizer) and self._updates_watched(o)})
+        self._fallback = f"the script's optimizer ({', '.join(names) or 'unknown'}) had not stepped ({why})"
+        index = self.session.add_optimizer({"class": None, "kind": "backward"})
+        self.backward_buffer.register(index)
+        self.backward_buffer.flush()
+
+    def _check_shortfall(self) -> None:
+        """Warn (stderr and run.json) when backward passes ran but (almost) no step was recorded."""
+        recorded = sum(buffer.steps for buffer in self._all_buffers() if buffer.index is not None)
+        if self._fallback is not None:
+            done = self.backward_buffer.steps if self.backward_buffer is not None else 0
+            self.session.warn(f"{self._fallback}: {done} backward() calls recorded as steps of their own"
+                              + (", then it stepped" if self.stepped else "; it never stepped")
+                              + ("; the updates before gradprobe noticed were not clipped" if self.policy is not None else ""))
+        elif self.backwards and not recorded:
+            self.session.warn(f"{self.backwards} backward() calls, but none reached a parameter of the "
+                              "script's models that requires grad: nothing recorded")
+        elif self.backwards >= FEW_STEPS_RATIO * recorded > 0:
+            self.session.warn(f"{self.backwards} backward() calls but only {recorded} steps recorded: "
+                              "an optimizer of the script's models steps rarely, or the loop updates "
+                              "some parameters by hand")

@@ -48,10 +48,12 @@ class StepBuffer:
     until :meth:`flush`.
     """
 
-    def __init__(self, session: Session, namer: ParamNamer, index: int, params: list[torch.Tensor],
+    def __init__(self, session: Session, namer: ParamNamer, index: int | None, params: list[torch.Tensor],
                  known: Mapping[int, int] | None = None):
         """``known``: layer ids, by parameter id, of parameters an earlier buffer of the same
-        optimizer registered (before its parameter set changed); they keep their ids."""
+        optimizer registered (before its parameter set changed); they keep their ids.
+        ``index`` None: a provisional buffer, neither registered in the run nor flushed until
+        :meth:`register` gives it its optimizer index (or it is dropped)."""
         self.session = session
         self.index = index
         names = namer.names(params)
@@ -59,24 +61,21 @@ class StepBuffer:
         self.params = [params[i] for i in order]
         self.param_ids = {id(p) for p in self.params}
         self.layout_key: tuple = ()  # the optimizer's group sizes and requires_grad flags it was built for
-        known = dict(known or {})
-        new = [i for i in order if id(params[i]) not in known]
-        new_ids = session.add_layers(
-            [
-                {
-                    "name": names[i].name,
-                    "group": names[i].group,
-                    "shape": list(params[i].shape),
-                    "numel": params[i].numel(),
-                    "dtype": str(params[i].dtype).removeprefix("torch."),
-                    "optimizer": index,
-                    **({"sharded": True} if is_sharded(params[i]) else {}),
-                }
-                for i in new
-            ]
-        )
-        known.update(zip((id(params[i]) for i in new), new_ids))
-        self.layer_ids = np.asarray([known[id(p)] for p in self.params], dtype=np.int32)
+        self._known = dict(known or {})
+        self._new_layers = [
+            (id(params[i]), {
+                "name": names[i].name,
+                "group": names[i].group,
+                "shape": list(params[i].shape),
+                "numel": params[i].numel(),
+                "dtype": str(params[i].dtype).removeprefix("torch."),
+                **({"sharded": True} if is_sharded(params[i]) else {}),
+            })
+            for i in order if id(params[i]) not in self._known
+        ]
+        self.layer_ids = np.zeros(0, dtype=np.int32)
+        if index is not None:
+            self.register(index)
         self.device = self.params[0].device if self.params else torch.device("cpu")
         sharded = [is_sharded(p) for p in self.params]
         self.weights = counted(sharded, session.layout["rank"], self.device) if any(sharded) else None
@@ -99,6 +98,19 @@ class StepBuffer:
         self._host_layer_steps: list[tuple[int, list[int]]] = []
         self._last_flush = time.monotonic()
 
+    def register(self, index: int) -> None:
+        """Register this buffer's layers in the run as those of optimizer ``index``."""
+        self.index = index
+        ids = self.session.add_layers([{**layer, "optimizer": index} for _, layer in self._new_layers])
+        self._known.update(zip((pid for pid, _ in self._new_layers), ids))
+        self._new_layers = []
+        self.layer_ids = np.asarray([self._known[id(p)] for p in self.params], dtype=np.int32)
+
+    @property
+    def full(self) -> bool:
+        """Whether the device buffer has no room for another step until it is flushed."""
+        return len(self._host_steps) == self.rows.shape[0]
+
     def registered(self) -> dict[int, int]:
         """This buffer's layer ids by parameter id."""
         return dict(zip(map(id, self.params), self.layer_ids.tolist()))
@@ -108,7 +120,7 @@ class StepBuffer:
         plus, on a sampled step, the per-layer statistics. Call it before anything modifies the
         gradients (clipping), so every recorded figure describes the same, pre-clip gradients."""
         present = [i for i, p in enumerate(self.params) if p.grad is not None]
-        grads = [local(dense(self.params[i].grad)) for i in present]
+        grads = [local(dense(self.params[i].grad)).detach() for i in present]  # create_graph=True
         norms = foreach_norms(grads, 2.0, self.device)
         if grad_scale is not None:
             grad_scale = grad_scale.to(self.device)
@@ -151,8 +163,8 @@ class StepBuffer:
             self._host_steps.append(self.steps)
             self._host_times.append(time.time())
             self.steps += 1
-            full = slot + 1 == self.rows.shape[0]
-            if full or time.monotonic() - self._last_flush > self.session.sampling.flush_seconds:
+            due = self.full or time.monotonic() - self._last_flush > self.session.sampling.flush_seconds
+            if due and self.index is not None:
                 self.flush()
 
     def _scalar(self, value: torch.Tensor | float | bool | None) -> torch.Tensor:
@@ -191,6 +203,8 @@ class StepBuffer:
             self._flush()
 
     def _flush(self) -> None:
+        if self.index is None:  # provisional: kept until registered
+            return
         self._last_flush = time.monotonic()
         n = len(self._host_steps)
         if n == 0:

@@ -128,6 +128,7 @@ class Session:
             "optimizers": self.optimizers,
             "layers": self.layers,
             "progress": {"steps": 0, "flushes": 0},
+            "warnings": [],
         }
         rank = self.layout["rank"]
         self.writer = RunWriter(path, meta, rank=rank) if path is not None else SilentWriter(meta, rank)
@@ -194,6 +195,18 @@ class Session:
                 self.writer.write_meta()
         for listener in self.listeners:
             listener(steps, layers)
+
+    def warn(self, message: str) -> None:
+        """Tell the user, in one line on stderr, that the run is not what the script trained,
+        and note it under ``warnings`` in ``run.json``."""
+        print(f"gradprobe: warning: {message}", file=sys.stderr)
+        self.writer.meta.setdefault("warnings", []).append(message)
+        self.writer.write_meta()
+
+    @property
+    def recorded_steps(self) -> int:
+        """Steps written to the run so far (every optimizer together)."""
+        return self.writer.meta["progress"]["steps"]
 
     def count_step(self, optimizer_steps: int) -> bool:
         """Note that an optimizer reached ``optimizer_steps`` steps; True when max_steps is reached."""

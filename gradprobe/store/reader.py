@@ -43,6 +43,7 @@ FIELD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "optimizers": ((list,), "a list of objects"),
     "layers": ((list,), "a list of objects"),
     "progress": ((dict,), "an object"),
+    "warnings": ((list,), "a list of strings"),
     "incomplete": ((bool,), "true or false"),
     "incomplete_reason": ((str,), "a string"),
 }
