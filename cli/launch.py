@@ -96,7 +96,7 @@ def launch(script: str, args: Optional[List[str]], out: Path, name: Optional[str
         def ended(outcome: Outcome) -> None:
             view.close()
             if session.path is not None:
-                print(f"gradprobe: run {outcome.status} -> {visible(session.path)}", file=sys.stderr)
+                print(f"gradprobe: run {outcome.status} -> {visible(session.shown_path)}", file=sys.stderr)
 
         outcome = run_script(session, script, args_list, seed, on_end=ended)
     reraise_signal(outcome.signal)

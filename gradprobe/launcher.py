@@ -128,6 +128,7 @@ def run_script(session: Session, script: str, args: Sequence[str], seed: int | N
             signal.signal(sig, signal.SIG_DFL if sig == signal.SIGTERM else signal.default_int_handler)
         hooks.remove()
         children.remove()
+        session.ending = outcome.status
         for recorder in session.recorders:
             recorder.remove()
         sys.argv = saved_argv

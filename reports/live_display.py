@@ -158,7 +158,7 @@ class LiveDisplay:
                 clip = f"clipped {state.clipped / state.clip_steps:.0%} of steps, last scale {fmt(state.scale)}"
             table.add_row(escape(self._label(index)), f"step {state.last_step}", f"{state.rate:.1f} steps/s",
                           current, median, Text(sparkline(norms, SPARK_WIDTH), style="cyan"), clip)
-        title = Text.assemble(("gradprobe ", "bold"), f"recording {self.session.path}")
+        title = Text.assemble(("gradprobe ", "bold"), f"recording {self.session.shown_path}")
         parts: list[Any] = [title, table]
         if self.latest is not None:
             f = self.latest

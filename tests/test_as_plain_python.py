@@ -17,7 +17,7 @@ import pytest
 import gradprobe
 import gradprobe.cli
 import gradprobe.reports
-from conftest import run_cli
+from conftest import require, run_cli
 
 # gradprobe's own sources: the core, and the CLI and renderers wherever they are installed from.
 GRADPROBE_DIRS = tuple(str(Path(module.__file__).resolve().parent) + os.sep
@@ -128,7 +128,7 @@ def _terminate_when_ready(command: list[str], cwd: Path) -> tuple[int, str]:
 
 
 def test_sigterm_kills_the_script_as_python_does_and_keeps_the_run(tmp_path):
-    pytest.importorskip("torch")
+    require("torch")
     script = tmp_path / "train.py"
     script.write_text(RETRY_LOOP)
     code, _ = _terminate_when_ready([sys.executable, str(script)], tmp_path)
@@ -165,7 +165,7 @@ for step in range(100):
 
 
 def test_a_keyboard_interrupt_traceback_has_no_gradprobe_frame(tmp_path):
-    pytest.importorskip("torch")
+    require("torch")
     script = tmp_path / "train.py"
     script.write_text(INTERRUPTED_IN_HOOK)
     result = run_cli("profile", "--out", "runs", str(script), cwd=tmp_path)
@@ -188,7 +188,7 @@ torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, error_if_nonfinite=True)
 
 
 def test_a_pytorch_crash_traceback_is_the_one_python_prints(tmp_path):
-    pytest.importorskip("torch")
+    require("torch")
     script = tmp_path / "train.py"
     script.write_text(CLIP_CRASH)
     expected = plain(script, tmp_path)
@@ -228,7 +228,7 @@ else:
 @pytest.mark.tensorflow
 @pytest.mark.parametrize("loop", ["fit", "custom"])
 def test_a_keras_crash_traceback_is_the_one_python_prints(tmp_path, loop):
-    pytest.importorskip("tensorflow")
+    require("tensorflow")
     script = tmp_path / "train.py"
     script.write_text(KERAS_CRASH)
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}

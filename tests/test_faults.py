@@ -188,8 +188,8 @@ def test_kill_9_at_a_random_time_leaves_a_prefix_of_the_true_steps(tmp_path, tru
                              "--flush-every", str(KILL_FLUSH_EVERY), "train.py"], cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
-    if kill % 4:
-        wait_for(lambda: (tmp_path / "done").exists(), proc)
+    if kill % 4:  # wait for the first step: the file exists, empty, from before it
+        wait_for(lambda: (tmp_path / "done").exists() and (tmp_path / "done").stat().st_size > 0, proc)
     time.sleep(delay)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)

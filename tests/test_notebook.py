@@ -98,7 +98,9 @@ def test_summary_of_a_run_without_steps(tmp_path):
     with gradprobe.watch(torch.nn.Linear(2, 1), out=tmp_path, name="empty") as rec:
         pass
     text = _text(gradprobe.load_run(rec.path)._repr_html_())
-    assert "gradprobe run empty finished" in text and "steps" not in text
+    assert "gradprobe run empty finished" in text and "nothing was recorded" in text
+    # An empty run is never called healthy: the summary names the missing steps as a warning.
+    assert "| warning | too_few_steps" in text and "No problems found" not in text
 
 
 def test_plot_returns_the_report_figures_with_the_recorded_norms(healthy):

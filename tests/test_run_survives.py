@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-torch = pytest.importorskip("torch")
+from conftest import require, run_cli
+
+torch = require("torch")
 
 import gradprobe  # noqa: E402
-from conftest import run_cli  # noqa: E402
 from gradprobe.store.writer import RunWriter  # noqa: E402
 
 

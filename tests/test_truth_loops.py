@@ -12,9 +12,10 @@ import json
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import require, run_cli
 
 import gradprobe
+from gradprobe.pytorch.recorder import MANUAL_RESETS
 
 CAP = 0.05
 
@@ -77,7 +78,7 @@ json.dump(seen, open("seen.json", "w"))
 
 
 def test_lightning_automatic_optimisation_is_clipped_before_the_update(tmp_path, write_script):
-    pytest.importorskip("lightning.pytorch")
+    require("lightning.pytorch")
     script = write_script(LIGHTNING)
     result = run_cli("run", "--clip", f"global-norm:max={CAP}", "--out", "runs", str(script), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -234,7 +235,7 @@ seen = []
 accumulated = {}  # each gradient as backward() leaves it, before anything after backward() can touch it
 for p in model.parameters():
     p.register_post_accumulate_grad_hook(lambda p: accumulated.update({id(p): p.grad.detach().clone()}))
-for _ in range(6):
+for _ in range(9):
     model.zero_grad()
     loss = torch.nn.functional.mse_loss(model(x), y)
     loss.backward()
@@ -258,16 +259,17 @@ def test_optimizer_that_never_steps_falls_back_to_every_backward(tmp_path, write
     seen, run = seen_and_run(tmp_path)
     assert run.meta["warnings"] == [warnings[0].removeprefix("gradprobe: warning: ")]
     pre = np.array([s["pre"] for s in seen])
-    assert len(run.steps) == 6  # the first backward pass is kept
+    assert len(run.steps) == 9  # the first backward passes are kept
     np.testing.assert_allclose(run.steps["global_norm"], pre, rtol=1e-5)
     np.testing.assert_allclose(run.steps["loss"], [s["loss"] for s in seen], rtol=1e-5)
     used = np.array([s["used"] for s in seen])
     if clip is None:
         np.testing.assert_allclose(used, pre, rtol=1e-5)
-    else:  # clipped from the second backward on, once the loop showed it updates by hand
+    else:  # clipped once the loop showed it updates by hand: from the backward after the MANUAL_RESETS-th reset
+        k = MANUAL_RESETS
         assert (pre > CAP).all()
-        np.testing.assert_allclose(used, [pre[0], *clipped(pre[1:])], rtol=1e-5)
-        np.testing.assert_allclose(run.steps["global_norm_post"].iloc[1:], clipped(pre[1:]), rtol=1e-5)
+        np.testing.assert_allclose(used, [*pre[:k], *clipped(pre[k:])], rtol=1e-5)
+        np.testing.assert_allclose(run.steps["global_norm_post"].iloc[k:], clipped(pre[k:]), rtol=1e-5)
 
 
 def test_a_run_that_records_nothing_says_why(tmp_path, write_script):
@@ -322,7 +324,7 @@ json.dump({"losses": losses, "steps": steps}, open("seen.json", "w"))
 
 
 def test_lightning_accumulation_records_the_loss_of_every_micro_batch_of_the_step(tmp_path, write_script):
-    pytest.importorskip("lightning.pytorch")
+    require("lightning.pytorch")
     script = write_script(LIGHTNING_ACCUMULATION)
     result = run_cli("profile", "--out", "runs", str(script), cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -55,6 +55,9 @@ from gradprobe.recording.hook_guard import GuardedHooks
 from gradprobe.recording.session import Session, StopTraining
 
 
+# Gradient resets between backward() calls, before any optimizer has stepped, that show a loop updating by
+# hand: more than a multi-task step's separate backward passes (or two threads' first steps) reset.
+MANUAL_RESETS = 4
 FEW_STEPS_RATIO = 128  # backward passes per recorded step beyond any common accumulation factor (<= 64)
 
 _installed: list["TorchRecorder"] = []  # recorders installed in this process, newest last
@@ -101,6 +104,7 @@ class TorchRecorder(GuardedHooks):
         self._fallback: str | None = None  # why backward passes became steps while an optimizer existed
         self.backwards = 0  # backward() calls seen
         self._grad_marks: list[tuple[int, int]] = []  # (id, version) of each gradient after the last backward
+        self._resets = 0  # gradient resets between backward() calls seen before any optimizer step
         self._pending_loss: torch.Tensor | None = None  # summed over the backward() calls since the last step
         self._backward_loss: torch.Tensor | None = None  # the last backward() call's
         self._zeroed = False  # a zero_grad() ran since this flag was last cleared
@@ -447,7 +451,10 @@ class TorchRecorder(GuardedHooks):
     def _before_backward(self, tensor: torch.Tensor) -> None:
         buffer = self.backward_buffer
         if buffer is not None and buffer.index is None and self._gradients_reset():
-            self._fall_back("its gradients were reset between backward() calls with no optimizer step")
+            self._resets += 1
+            if self._resets >= MANUAL_RESETS:
+                self._fall_back(f"its gradients were reset between backward() calls {self._resets} times with "
+                                "no optimizer step")
         if buffer is not None and buffer.index is not None and not self.stepped \
                 and self.session.count_step(buffer.steps):
             raise StopTraining(f"max steps ({self.session.max_steps}) reached")
@@ -469,7 +476,8 @@ class TorchRecorder(GuardedHooks):
         but has not stepped, the backward passes are recorded provisionally: dropped
         at its first step (they were that step's micro-batches), kept as steps once
         the loop shows it updates without the optimizer (gradients reset between
-        backward passes), when the buffer fills, or when the script ends.
+        backward passes :data:`MANUAL_RESETS` times), when the buffer fills, or when
+        the script ends.
         """
         self.backwards += 1
         if self.stepped:
@@ -510,7 +518,10 @@ class TorchRecorder(GuardedHooks):
         self.backward_buffer.flush()
 
     def _check_shortfall(self) -> None:
-        """Warn (stderr and run.json) when backward passes ran but (almost) no step was recorded."""
+        """Warn (stderr and run.json) when backward passes ran but (almost) no step was recorded, unless
+        the script was interrupted or crashed (which explains it)."""
+        if self.session.ending not in (None, "finished"):
+            return
         recorded = sum(buffer.steps for buffer in self._all_buffers() if buffer.index is not None)
         if self._fallback is not None:
             done = self.backward_buffer.steps if self.backward_buffer is not None else 0

@@ -99,6 +99,8 @@ class Session:
         self.recording = records(self.layout, all_ranks)
         stem = Path(script).stem if script else "session"
         self._place = (os.path.abspath(out), stem, name)  # fixed before the script can change directory
+        self._start_dir = os.getcwd()
+        self.ending: str | None = None  # the status the script ended with, once the launcher knows it
         path = shared_run_dir(out, stem, name, self.layout) if self.recording else None
         self.layers: list[dict[str, Any]] = []
         self.optimizers: list[dict[str, Any]] = []
@@ -137,6 +139,15 @@ class Session:
     def path(self) -> Path | None:
         """The run directory (None on a rank that does not record)."""
         return self.writer.path
+
+    @property
+    def shown_path(self) -> Path | None:
+        """The run directory as messages show it: relative to the directory gradprobe started in when
+        it lies below it (as ``--out`` was typed), else absolute."""
+        path = self.path
+        if path is None or not path.is_relative_to(self._start_dir):
+            return path
+        return path.relative_to(self._start_dir)
 
     def record_every_rank(self) -> None:
         """The model is sharded: each rank holds part of every gradient, so every rank records."""
