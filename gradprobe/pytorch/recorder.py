@@ -125,9 +125,7 @@ class TorchRecorder(GuardedHooks):
         self.session.set_framework("torch", torch.__version__)
         if optimizers_may_exist:
             gc.collect()  # optimizers that are already garbage must not turn off per-backward recording
-            self.optimizer_exists = any(
-                issubclass(type(o), torch.optim.Optimizer) and self._updates_watched(o) for o in gc.get_objects()
-            )
+            self.optimizer_exists = next(self._live_optimizers(), None) is not None
         self._handles.append(register_optimizer_step_pre_hook(self._guard(self._pre_step)))
         self._handles.append(register_optimizer_step_post_hook(self._guard(self._post_step)))
         recorder = self
@@ -241,6 +239,11 @@ class TorchRecorder(GuardedHooks):
     def _updates_watched(self, optimizer: torch.optim.Optimizer) -> bool:
         """Whether ``optimizer`` holds any parameter of the watched models."""
         return any(self.namer.watched(p) for g in optimizer.param_groups for p in g["params"])
+
+    def _live_optimizers(self):
+        """The optimizers on the heap that update a watched parameter (a scan of every object)."""
+        return (o for o in gc.get_objects()
+                if issubclass(type(o), torch.optim.Optimizer) and self._updates_watched(o))
 
     def _note_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """An optimizer of the watched parameters exists: backward passes are no longer steps."""
@@ -510,8 +513,7 @@ class TorchRecorder(GuardedHooks):
 
     def _fall_back(self, why: str) -> None:
         """Keep the provisional backward passes as steps: the script's optimizer does not step."""
-        names = sorted({type(o).__name__ for o in gc.get_objects()
-                        if isinstance(o, torch.optim.Optimizer) and self._updates_watched(o)})
+        names = sorted({type(o).__name__ for o in self._live_optimizers()})
         self._fallback = f"the script's optimizer ({', '.join(names) or 'unknown'}) had not stepped ({why})"
         index = self.session.add_optimizer({"class": None, "kind": "backward"})
         self.backward_buffer.register(index)
