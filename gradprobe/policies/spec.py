@@ -53,10 +53,16 @@ def as_policy(spec: "str | Policy") -> Policy:
     return parse_spec(spec) if isinstance(spec, str) else spec
 
 
+def _folded(text: str) -> str:
+    """A policy or key name as written, stripped and lower-cased when ASCII (``lower()`` would
+    turn the Kelvin sign into 'k')."""
+    text = text.strip()
+    return text.lower() if text.isascii() else text
+
+
 def _parse_part(part: str, text: str) -> Policy:
     head, colon, body = part.partition(":")
-    name = head.strip()
-    name = name.lower() if name.isascii() else name  # no lower() turning the Kelvin sign into 'k'
+    name = _folded(head)
     cls = POLICIES.get(name)
     if cls is None:
         if not name:
@@ -71,8 +77,7 @@ def _parse_part(part: str, text: str) -> Policy:
     items = body.split(",") if colon else []
     for item in items:
         key_text, equals, value = item.partition("=")
-        key_name = key_text.strip()
-        key_name = key_name.lower() if key_name.isascii() else key_name
+        key_name = _folded(key_text)
         if not equals or not key_name:
             raise GradprobeError(f"{name}: expected key=value, got {item.strip()!r}; {valid}")
         key = keys.get(key_name)
