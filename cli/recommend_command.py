@@ -46,19 +46,22 @@ def recommend(
 
     from gradprobe.analysis import STRATEGIES, diagnose, recommend as recommend_specs, split_streams
     from gradprobe.analysis.findings import plain_json
-    from gradprobe.analysis.recommend import save_recommendations
+    from gradprobe.analysis.recommend import first_choices, save_recommendations
     from gradprobe.reports.progress import stages
     from gradprobe.reports.terminal import render_recommendations
     from gradprobe.store import resolve_run
 
     target = resolve_run(run, root)
     chosen = [s.value for s in strategy] or list(STRATEGIES)
-    with stages(3 + len(chosen)) as progress:
+    with stages(4 + len(chosen)) as progress:
         with progress.stage("reading the run"):
             streams = split_streams(target)
         with progress.stage("diagnosing"):
             findings = diagnose(streams)
         recommendations = []
+        if not strategy and percentile is None:
+            with progress.stage("choosing the first spec"):
+                recommendations += first_choices(streams, findings)
         for name in chosen:
             with progress.stage(f"replaying {name}"):
                 recommendations += recommend_specs(streams, findings, [name], percentile)

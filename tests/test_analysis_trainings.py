@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -271,8 +272,16 @@ def test_recommendations_replay_the_recorded_history(tmp_path):
                  every=5)
     streams = split_streams(run)
     recs = {r.strategy: r for r in recommend(streams, diagnose(streams))}
-    assert list(recs) == ["percentile", "autoclip", "zclip", "agc", "value", "layer"]
+    assert list(recs) == ["first-choice", "percentile", "autoclip", "zclip", "agc", "value", "layer"]
     norms = run.steps["global_norm"].to_numpy(dtype=np.float64)
+
+    # The first choice: the 10th percentile of the norms before the first 10x jump over the rolling median.
+    logs = np.log10(norms)
+    center = pd.Series(logs).rolling(100, min_periods=20).median().shift(1).to_numpy()
+    jump = int(np.flatnonzero(logs - center >= 1.0)[0])
+    lead = float(f"{np.percentile(norms[:jump], 10):.3g}")
+    assert recs["first-choice"].spec == f"global-norm:max={lead:g}"
+    assert recs["first-choice"].to_dict()["clipped_fraction"] == pytest.approx(np.mean(norms > lead))
 
     threshold = float(f"{np.percentile(norms, 95):.3g}")
     assert recs["percentile"].spec == f"global-norm:max={threshold:g}"

@@ -83,7 +83,8 @@ def test_json_report_follows_the_design_schema(troubled):
     assert {"spike", "explosion", "nonfinite", "dead_layer"} <= {f["kind"] for f in document["findings"]}
     severities = [("info", "warning", "critical").index(f["severity"]) for f in document["findings"]]
     assert severities == sorted(severities, reverse=True)
-    assert [r["strategy"] for r in document["recommendations"]][:3] == ["percentile", "autoclip", "zclip"]
+    assert [r["strategy"] for r in document["recommendations"]][:4] == ["first-choice", "percentile", "autoclip",
+                                                                        "zclip"]
     for item in document["recommendations"]:
         check_recommendation(item)
 

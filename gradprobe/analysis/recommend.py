@@ -7,11 +7,15 @@ replayed with the policy's own math (:meth:`gradprobe.policies.Policy.replay`),
 the very code that clips live, so the what-if (fraction of steps clipped,
 mean and minimum scale) is what that spec would have done on these steps.
 
-Strategies (``P`` is ``--percentile``):
+The list starts with the spec to bet on first (:mod:`gradprobe.analysis.first_choice`:
+a guard that never fires on a healthy run, else a threshold read from the
+healthy steps before the trouble). Then one spec per strategy (``P`` is
+``--percentile``):
 
 * ``percentile`` (default P = 95): ``global-norm:max=T`` with T the P-th
-  percentile of the finite pre-clip global norms. 95 clips the largest 5% of
-  steps, the outliers, and leaves typical steps alone.
+  percentile of the finite pre-clip global norms it reads (see below): 95
+  caps the largest 5% of those; the what-if says how many of all the
+  recorded steps that is.
 * ``autoclip`` (default P = 10, the paper's): ``autoclip:p=P``, the
   percentile of the norms seen so far, adapting as the norm drifts. It clips
   about 90% of the steps by design; the clip-saturation detector agrees that
@@ -47,6 +51,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from gradprobe.analysis.findings import Finding, plain_json
+from gradprobe.analysis.first_choice import STRATEGY, first_choice
 from gradprobe.analysis.robust import quiet
 from gradprobe.errors import GradprobeError
 from gradprobe.policies import GlobalPolicy, History, Policy, Replay, parse_spec, replay_stream, strategies
@@ -137,7 +142,7 @@ def history(stream: Stream, findings: Sequence[Finding]) -> History:
     keep, note = _before(steps["step"].to_numpy(), ~steps["skipped"].to_numpy(), end)
     norms = steps["global_norm"].to_numpy(dtype=np.float64)[keep]
     rows, layer_note = _before(stream.sampled, np.ones(len(stream.sampled), bool), end)
-    return History(norms[np.isfinite(norms)], stream.matrix("norm")[rows], stream.matrix("maxabs")[rows],
+    return History(norms[np.isfinite(norms)], stream.pre_clip_matrix("norm")[rows], stream.pre_clip_matrix("maxabs")[rows],
                    stream.matrix("param_norm")[rows], note, layer_note)
 
 
@@ -160,9 +165,23 @@ def _strategy(name: str, stream: Stream, past: History, p: float) -> Recommendat
                           replay_stream(parse_spec(suggestion.spec), stream), per_layer=per_layer)
 
 
+def first_choices(streams: Sequence[Stream], findings: Sequence[Finding] = ()) -> list[Recommendation]:
+    """The spec to bet on first for each optimizer (:mod:`gradprobe.analysis.first_choice`), replayed."""
+    out = []
+    for stream in streams:
+        lead = None if stream.steps.empty else first_choice(stream, findings)
+        if lead is not None:
+            out.append(Recommendation(STRATEGY, lead[0], lead[1], replay_stream(parse_spec(lead[0]), stream),
+                                      optimizer=stream.optimizer if len(streams) > 1 else None))
+    return out
+
+
 def recommend(streams: Sequence[Stream], findings: Sequence[Finding] = (), strategies: Sequence[str] = STRATEGIES,
               percentile: float | None = None) -> list[Recommendation]:
     """One recommendation per strategy (and per optimizer when there are several), in strategy order.
+
+    With every strategy and no ``percentile`` override, the list starts with
+    the spec to bet on first (:mod:`gradprobe.analysis.first_choice`).
 
     ``findings`` (from :func:`~gradprobe.analysis.diagnose`) let the
     strategies use only the steps before an explosion or non-finite
@@ -176,6 +195,8 @@ def recommend(streams: Sequence[Stream], findings: Sequence[Finding] = (), strat
     out = []
     several = len(streams) > 1
     histories = {id(stream): history(stream, findings) for stream in streams if not stream.steps.empty}
+    if tuple(strategies) == tuple(STRATEGIES) and percentile is None:
+        out += first_choices(streams, findings)
     for name in strategies:
         default = by_strategy(name).default_percentile
         p = percentile if percentile is not None else (default if default is not None else 0.0)

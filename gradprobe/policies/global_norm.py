@@ -56,7 +56,7 @@ class GlobalNorm(GlobalPolicy):
         if not math.isfinite(value):
             return None
         why = (f"{p:g}th percentile of {history.global_norms.size} recorded pre-clip global norms{history.note}: "
-               f"clips the largest {100 - p:g}% of steps, leaves typical steps untouched.")
+               "caps the largest norms of that history.")
         return Suggestion(f"{cls.name}:max={spec_number(value)}", why)
 
     @classmethod

@@ -32,7 +32,7 @@ def replay_stream(policy: Policy, stream: Stream, every_step: bool = False) -> R
     norms = steps["global_norm"].to_numpy(dtype=np.float32)
     if not policy.replay_inputs:
         return policy.replay(norms, steps=index)
-    grids = {argument: stream.matrix(column) for argument, column in LAYER_INPUTS.items()}
+    grids = {argument: stream.pre_clip_matrix(column) for argument, column in LAYER_INPUTS.items()}
     if every_step:
         rows = np.searchsorted(stream.sampled, index)
         sampled = rows < len(stream.sampled)

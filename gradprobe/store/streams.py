@@ -102,6 +102,28 @@ and notes of the findings.
             cache[column] = out
         return cache[column]
 
+    @cached_property
+    def script_clip_scale(self) -> np.ndarray | None:
+        """Per sampled step, the factor the script's own ``clip_grad_norm_`` applied before the
+        per-layer statistics were read (1 where it did not fire); None when the script did not clip
+        or gradprobe did (its own statistics are read before it clips)."""
+        if self.run_meta.get("clip") or "clip_scale" not in self.steps:
+            return None
+        steps = self.steps.set_index("step")
+        if not np.isfinite(steps["clip_threshold"].to_numpy(dtype=np.float64)).any():
+            return None
+        scale = steps["clip_scale"].reindex(self.sampled).to_numpy(dtype=np.float64)
+        return np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
+
+    def pre_clip_matrix(self, column: str) -> np.ndarray:
+        """:meth:`matrix`, with the script's own clipping undone for the gradient columns (``norm``,
+        ``maxabs``): the statistics of the gradients before any clipping, as the global norm is."""
+        grid = self.matrix(column)
+        scale = self.script_clip_scale
+        if scale is None or column not in ("norm", "maxabs"):
+            return grid
+        return (grid / scale[:, None]).astype(np.float32)
+
     @property
     def first_step(self) -> int:
         """The first recorded step (0 for an empty stream)."""

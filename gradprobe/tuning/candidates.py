@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from gradprobe.analysis import diagnose, split_streams
+from gradprobe.analysis.first_choice import STRATEGY, first_choice
 from gradprobe.analysis.recommend import history
 from gradprobe.errors import GradprobeError
 from gradprobe.policies import RECOMMENDED, parse_spec
@@ -25,14 +26,19 @@ class Candidate:
 
 
 def derive_candidates(run: Run) -> list[Candidate]:
-    """No clipping, then each recommended policy's tune candidates (for global-norm: thresholds at the
-    50th, 90th, 95th and 99th percentile of the norms; AutoClip; ZClip), from ``run``'s first optimizer
-    and the steps before any explosion (as ``recommend`` reads them)."""
+    """No clipping, ``recommend``'s first choice, then each recommended policy's tune candidates (for
+    global-norm: thresholds at the 50th, 90th, 95th and 99th percentile of the norms and small fixed
+    ones; AutoClip; ZClip), from ``run``'s first optimizer and the steps before any explosion (as
+    ``recommend`` reads them)."""
     streams = [s for s in split_streams(run) if not s.steps.empty]
     if not streams:
         raise GradprobeError(f"{run.path}: no recorded steps to derive clip candidates from")
-    past = history(streams[0], diagnose(streams))
+    findings = diagnose(streams)
+    past = history(streams[0], findings)
     candidates = [Candidate(NO_CLIPPING, None)]
+    lead = first_choice(streams[0], findings)
+    if lead is not None:
+        candidates.append(Candidate(STRATEGY, lead[0]))
     for cls in RECOMMENDED:
         for label, spec in cls.tune_candidates(past):
             if spec not in {c.spec for c in candidates}:
