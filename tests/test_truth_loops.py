@@ -371,3 +371,43 @@ def test_max_steps_counts_the_slowest_optimizer(tmp_path, write_script):
     assert seen == {"critic": 10, "generator": 4}
     counts = run.steps.groupby("optimizer").size().to_dict()
     assert sorted(counts.values()) == [5, 10]
+
+
+SELF_CLIPPING = NORM + """
+import json
+import torch
+
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+opt = torch.optim.SGD(model.parameters(), lr=0.01)
+opt.register_step_post_hook(lambda o, a, k: seen[-1].update(used=norm([p.grad for p in model.parameters()])))
+x, y = torch.randn(32, 4), 20 * torch.randn(32, 1)
+seen = []
+for _ in range(6):
+    opt.zero_grad()
+    loss = torch.nn.functional.mse_loss(model(x), y)
+    loss.backward()
+    seen.append({"pre": norm([p.grad for p in model.parameters()])})
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+    opt.step()
+json.dump(seen, open("seen.json", "w"))
+"""
+
+
+@pytest.mark.parametrize("cap", [None, CAP, 2.0])
+def test_global_norm_is_the_norm_before_the_scripts_own_clip_with_or_without_a_policy(tmp_path, write_script, cap):
+    script = write_script(SELF_CLIPPING)
+    command = ["profile"] if cap is None else ["run", "--clip", f"global-norm:max={cap}"]
+    result = run_cli(*command, "--every", "1", "--out", "runs", str(script), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    seen, run = seen_and_run(tmp_path)
+    pre = np.array([s["pre"] for s in seen])
+    assert (pre > 0.5).all()  # the script's clip fires on every step
+    used = clipped(pre, 0.5) if cap is None else clipped(clipped(pre, 0.5), cap)
+    np.testing.assert_allclose([s["used"] for s in seen], used, rtol=1e-5)
+    steps = run.steps
+    assert len(steps) == 6
+    np.testing.assert_allclose(steps["global_norm"], pre, rtol=1e-5)
+    np.testing.assert_allclose(steps["global_norm_post"], used, rtol=1e-5)
+    np.testing.assert_allclose(steps["clip_scale"], used / pre, rtol=1e-5)
+    np.testing.assert_allclose(steps["clip_threshold"], 0.5 if cap is None else cap)

@@ -391,24 +391,27 @@ class TorchRecorder(GuardedHooks):
             if isinstance(grad_scale, torch.Tensor):  # fused AMP: unscale here so the policy sees true values
                 torch._foreach_mul_([buffer.params[i].grad for i in stats.present], 1.0 / stats.grad_scale)
                 optimizer.grad_scale = None
-            self._clip(buffer, stats, loss, skipped, optimizer)
+            self._clip(buffer, stats, loss, skipped, optimizer, user_clip)
             return
         if user_clip is None:
             buffer.record(stats, loss=loss, skipped=skipped)
             return
-        pre_norm = user_clip[0].detach().to(buffer.device, torch.float32)
-        buffer.record(
-            stats,
-            loss=loss,
-            skipped=skipped,
-            pre_norm=pre_norm,
-            scale=torch.clamp(stats.global_norm / pre_norm, max=1.0),
-            threshold=user_clip[1],
-        )
+        pre_norm, scale = self._before_user_clip(buffer, stats, user_clip)
+        buffer.record(stats, loss=loss, skipped=skipped, pre_norm=pre_norm, scale=scale, threshold=user_clip[1])
 
-    def _clip(self, buffer: StepBuffer, stats, loss, amp_skipped, optimizer=None) -> None:
+    @staticmethod
+    def _before_user_clip(buffer: StepBuffer, stats, user_clip) -> tuple[torch.Tensor, torch.Tensor]:
+        """The global norm before the script's own ``clip_grad_norm_`` (its returned total) and the
+        scale that call applied."""
+        pre_norm = user_clip[0].detach().to(buffer.device, torch.float32)
+        return pre_norm, torch.clamp(stats.global_norm / pre_norm, max=1.0)
+
+    def _clip(self, buffer: StepBuffer, stats, loss, amp_skipped, optimizer=None, user_clip=None) -> None:
         """Apply the session's clip policy to the measured gradients and record the step.
 
+        The recorded ``global_norm`` is the norm before any clipping: before the script's own
+        ``clip_grad_norm_`` when ``user_clip`` (its returned total and ``max_norm``) says it ran,
+        and the recorded scale is then both clips' together, as under ``profile``.
         The policy reuses the norms just measured (no second pass). A skipped
         update is prevented without a host sync for fused optimizers (through
         ``found_inf``, as ``GradScaler`` does); other optimizers read the skip
@@ -431,8 +434,12 @@ class TorchRecorder(GuardedHooks):
         if self.policy.can_skip and optimizer is not None:
             self._prevent_update(optimizer, params, result.skipped)
         threshold = recorded_threshold(ops_for(buffer.device), result)
+        scale = result.scale
+        if user_clip is not None:
+            pre_norm, user_scale = self._before_user_clip(buffer, stats, user_clip)
+            scale = scale * user_scale
         buffer.record(stats, loss=loss, skipped=result.skipped | amp_skipped,
-                      pre_norm=pre_norm, post_norm=post_norm, scale=result.scale, threshold=threshold)
+                      pre_norm=pre_norm, post_norm=post_norm, scale=scale, threshold=threshold)
 
     def _warn_unclipped(self, optimizer) -> None:
         if id(optimizer) not in self._warned:
