@@ -191,3 +191,60 @@ def test_no_live_view_with_quiet_or_when_stderr_is_not_a_terminal(tmp_path):
                            cwd=tmp_path, capture_output=True, text=True, timeout=180)
     assert piped.returncode == 0 and "steps/s" not in piped.stderr
     assert piped.stdout.splitlines() == script_lines
+
+
+PAUSED = """
+import pathlib, sys, time, torch
+torch.manual_seed(0)
+model = torch.nn.Linear(4, 1)
+opt = torch.optim.SGD(model.parameters(), lr=0.01)
+for step in range(12):
+    opt.zero_grad()
+    model(torch.randn(8, 4)).pow(2).mean().backward()
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in model.parameters()]))
+    print(f"norm {step} {norm.item():.9g}", flush=True)
+    opt.step()
+    if step == 5:
+        print("waiting", flush=True)
+        deadline = time.monotonic() + 120
+        while not pathlib.Path("go").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+"""
+
+
+def test_a_run_shows_on_disk_after_steps_1_2_and_4_while_the_script_still_trains(tmp_path):
+    from gradprobe import load_run
+
+    (tmp_path / "train.py").write_text(PAUSED)
+    process = subprocess.Popen([sys.executable, "-m", "gradprobe", "profile", "--name", "early", "train.py"],
+                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        norms = {}
+        for line in process.stdout:
+            if line.strip() == "waiting":
+                break
+            _, step, value = line.split()
+            norms[int(step)] = float(value)
+        run = load_run(tmp_path / "gradprobe-runs" / "early")
+        assert run.meta["status"] == "running"
+        # Six steps taken; the flushes after the 1st, 2nd and 4th have written steps 0-3, the rest is on the device.
+        assert run.steps["step"].tolist() == [0, 1, 2, 3]
+        np.testing.assert_allclose(run.steps["global_norm"], [norms[s] for s in range(4)], rtol=1e-5)
+        assert sorted(set(run.layers["step"])) == [0]  # per-layer figures every 10 steps: step 0
+    finally:
+        (tmp_path / "go").touch()
+        rest, _ = process.communicate(timeout=120)
+    assert process.returncode == 0
+    assert load_run(tmp_path / "gradprobe-runs" / "early").steps["step"].tolist() == list(range(12))
+    norms.update({int(s): float(v) for _, s, v in (line.split() for line in rest.splitlines())})
+    np.testing.assert_allclose(load_run(tmp_path / "gradprobe-runs" / "early").steps["global_norm"],
+                               [norms[s] for s in range(12)], rtol=1e-5)
+
+
+def test_early_flushes_come_after_steps_1_2_4_8_until_the_flush_interval():
+    from gradprobe.recording.session import Sampling
+
+    powers = {2 ** k for k in range(20)}
+    for flush_every in (1, 2, 5, 50, 100, 128):
+        expected = [n for n in range(1, 300) if n in powers and n < flush_every]
+        assert [n for n in range(0, 300) if Sampling(flush_every=flush_every).early(n)] == expected
