@@ -37,7 +37,7 @@ SEED = typer.Option(None, "--seed", help="Seed Python, NumPy, PyTorch and Tensor
 QUIET = typer.Option(False, "--quiet", "-q", help="No live view on stderr (it is shown only when stderr is a "
                      "terminal).")
 FLUSH_EVERY = typer.Option(DEFAULT_FLUSH_EVERY, "--flush-every", min=1, max=MAX_FLUSH_EVERY,
-                           help="Copy device buffers to disk every N steps.")
+                           help="Copy device buffers to disk every N steps (and after steps 1, 2, 4 ... below N).")
 NPROC = typer.Option(None, "--nproc-per-node", min=1, max=MAX_PROCESSES, help="Start N processes with torch's launcher (torchrun), "
                      "each running SCRIPT under gradprobe; the run directory is shared.")
 VERBOSE = typer.Option(False, "--verbose", help="Keep TensorFlow's and absl's own log lines (hidden by "

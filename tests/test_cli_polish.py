@@ -44,7 +44,8 @@ def test_every_command_is_listed_with_a_usage_line_and_no_type_beside_a_flag():
         for line in (line for line in text.splitlines() if re.search(r"--(help|quiet|verbose|maximize)\b", line)):
             assert "<" not in line, (command, line)  # a flag takes no value
     assert "<bool>" not in root and "<bool>" not in "".join(_help(c) for c in USAGE)
-    assert "<int range>" in _help("run")  # options that take a value keep their type
+    every = next(line for line in _help("run").splitlines() if "--every" in line)
+    assert "1<=x<=1000000000" in every  # options that take a value keep their type and range
 
 
 SHOW_ENV = """
