@@ -248,3 +248,30 @@ def test_early_flushes_come_after_steps_1_2_4_8_until_the_flush_interval():
     for flush_every in (1, 2, 5, 50, 100, 128):
         expected = [n for n in range(1, 300) if n in powers and n < flush_every]
         assert [n for n in range(0, 300) if Sampling(flush_every=flush_every).early(n)] == expected
+
+
+def test_a_live_view_flushes_a_torch_loop_every_few_seconds_and_leaves_the_interval_as_it_was(tmp_path,
+                                                                                            monkeypatch):
+    import torch
+
+    from gradprobe.pytorch import step_buffer
+    from gradprobe.pytorch.naming import ParamNamer
+    from gradprobe.recording.session import LIVE_FLUSH_SECONDS, Sampling
+
+    clock = [0.0]
+    monkeypatch.setattr(step_buffer.time, "monotonic", lambda: clock[0])
+    session = Session(out=tmp_path, name="timed", sampling=Sampling(flush_every=1000, flush_seconds=30.0))
+    written = []
+    session.listeners.append(lambda steps, _layers: written.append(len(steps["step"])))
+    model = torch.nn.Linear(3, 1)
+    buffer = step_buffer.StepBuffer(session, ParamNamer({"m": model}), 0, list(model.parameters()))
+    with LiveView(session, Console(file=io.StringIO())):
+        assert session.flush_seconds == LIVE_FLUSH_SECONDS < 30.0
+        for _ in range(200):  # a step every 0.5 s
+            model(torch.randn(2, 3)).sum().backward()
+            clock[0] += 0.5
+            buffer.record(buffer.measure())
+    # Flushed whenever more than 2 s passed: after 5 steps at most (after 1, 2, 4 ... 128 steps as well).
+    assert sum(written) >= 195 and max(written) == 5 and len(written) >= 40
+    assert session.flush_seconds == 30.0  # the view is closed: back to the run's own interval
+    assert not session.flush_due(300, LIVE_FLUSH_SECONDS + 1) and session.flush_due(300, 31)
