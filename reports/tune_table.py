@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-import shlex
 
 from rich.console import Console
 from rich.table import Table
 
+from gradprobe.reports.suggest import clip_commands
 from gradprobe.reports.terminal import fmt, stdout_console
 from gradprobe.tuning import TuneResult
 
@@ -48,21 +48,11 @@ def render_tune(result: TuneResult, console: Console | None = None) -> None:
         console.print("chosen: no clipping")
     else:
         console.print(f"chosen: [bold]{result.chosen.spec}[/bold]", highlight=False)
-        script = shlex.join(_script_command(result))
-        recommendation = shlex.quote(str(result.path))  # the tune directory holds recommendation.json
-        for lead, command in (("use it", f"gradprobe run --clip-from {recommendation} {script}"),
-                              ("    or", f"gradprobe apply {shlex.quote(_script_command(result)[0])} "
-                                       f"--from {recommendation}")):
+        config = result.config
+        commands = clip_commands(result.path, config.script if config else "SCRIPT", config.args if config else ())
+        for lead, command in zip(("use it", "    or"), commands):
             # One line whatever the width, no markup: the command copies as it is.
             console.print(f"{lead}: {command}", markup=False, highlight=False, soft_wrap=True)
-
-
-def _script_command(result: TuneResult) -> list[str]:
-    """The tuned script and its arguments (after ``--``), as the user gave them."""
-    if result.config is None:
-        return ["SCRIPT"]
-    args = list(result.config.args)
-    return [result.config.script, *(["--", *args] if args else [])]
 
 
 def _seconds(result: TuneResult, spec: str | None) -> str:

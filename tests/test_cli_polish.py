@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from pathlib import Path
@@ -87,3 +88,37 @@ def test_tensorflow_info_and_warning_lines_are_not_shown_under_gradprobe(tmp_pat
     profiled = run_cli("profile", "-q", "train.py", cwd=tmp_path)
     assert profiled.returncode == 0 and profiled.stdout == plain.stdout, profiled.stderr
     assert not any(line in profiled.stderr for line in noise), profiled.stderr
+
+
+TINY = """
+import sys, torch
+torch.manual_seed(0)
+model = torch.nn.Linear(4, 1)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+for step in range(int(sys.argv[1])):
+    opt.zero_grad()
+    model(torch.randn(16, 4) * (1 + step % 5)).pow(2).mean().backward()
+    opt.step()
+"""
+
+
+def test_recommend_suggests_one_copyable_command_that_runs_the_recorded_script_with_the_advice(tmp_path):
+    import shlex
+
+    import gradprobe
+
+    (tmp_path / "my script.py").write_text(TINY)
+    narrow = {"COLUMNS": "40"}
+    assert run_cli("profile", "-q", "--name", "base", "my script.py", "30", cwd=tmp_path, env=narrow).returncode == 0
+    advised = run_cli("recommend", "base", cwd=tmp_path, env=narrow)
+    assert advised.returncode == 0, advised.stderr
+    (line,) = [line for line in advised.stderr.splitlines() if line.startswith("gradprobe: use it: ")]
+    command = shlex.split(line.removeprefix("gradprobe: use it: "))
+    assert command == ["gradprobe", "run", "--clip-from", "gradprobe-runs/base", "my script.py", "--", "30"]
+    applied = run_cli(*command[1:4], "--name", "advised", *command[4:], cwd=tmp_path, env=narrow)  # as printed
+    assert applied.returncode == 0, applied.stderr
+    runs = tmp_path / "gradprobe-runs"
+    recommended = json.loads((runs / "base" / "recommendation.json").read_text())["recommendations"][0]["spec"]
+    advised_run = gradprobe.load_run(runs / "advised").meta
+    assert advised_run["argv"] == gradprobe.load_run(runs / "base").meta["argv"] == ["my script.py", "30"]
+    assert advised_run["clip"] == str(gradprobe.parse_spec(recommended))
