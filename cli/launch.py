@@ -146,12 +146,14 @@ def run(
     update; the run records the pre- and post-clip global norm, scale and
     threshold of every step.
     """
+    from gradprobe.launcher import check_script
     from gradprobe.policies import parse_spec
     from gradprobe.store.recommendation_file import load_recommended_spec
 
     if (clip is None) == (clip_from is None):
         raise GradprobeError("give exactly one of --clip SPEC or --clip-from FILE")
     policy = parse_spec(clip if clip is not None else load_recommended_spec(clip_from))
+    check_script(script)  # a missing script is the one error, without a line about clipping before it
     if nproc_per_node is None and os.environ.get("RANK", "0") == "0":  # once per launch: by rank 0
         source = "" if clip_from is None else f" (from {visible(clip_from)})"
         print(f"gradprobe: clipping with {policy}{source}", file=sys.stderr)
