@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from typer.core import TyperGroup
 
 from gradprobe._version import __version__
 from gradprobe.cli.apply_command import apply
 from gradprobe.cli.export_command import export
+from gradprobe.cli.help_format import Command, Group
 from gradprobe.cli.launch import SCRIPT_CONTEXT, profile, run
 from gradprobe.cli.tune_command import tune
 from gradprobe.errors import GradprobeError, one_line, visible
@@ -27,7 +27,7 @@ LAZY_COMMANDS = {"recommend": ("gradprobe.cli.recommend_command", "report")}
 MARKUP = "rich"
 
 
-class Commands(TyperGroup):
+class Commands(Group):
     """The root command group: the commands registered on :data:`app`, and :data:`LAZY_COMMANDS`
     built on first use."""
 
@@ -48,7 +48,7 @@ class Commands(TyperGroup):
 def _lazy_command(name: str):
     module, _ = LAZY_COMMANDS[name]
     single = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=MARKUP)
-    single.command(name)(getattr(importlib.import_module(module), name))
+    single.command(name, cls=Command)(getattr(importlib.import_module(module), name))
     return typer.main.get_command(single)
 
 
@@ -83,11 +83,11 @@ def _root(
     _debug = debug
 
 
-app.command(context_settings=SCRIPT_CONTEXT)(profile)
-app.command(context_settings=SCRIPT_CONTEXT)(run)
-app.command(context_settings=SCRIPT_CONTEXT)(tune)
-app.command()(apply)
-app.command()(export)
+app.command(cls=Command, context_settings=SCRIPT_CONTEXT)(profile)
+app.command(cls=Command, context_settings=SCRIPT_CONTEXT)(run)
+app.command(cls=Command, context_settings=SCRIPT_CONTEXT)(tune)
+app.command(cls=Command)(apply)
+app.command(cls=Command)(export)
 
 
 class ReportFormat(str, Enum):
@@ -114,7 +114,7 @@ def _deliver(text: str, output: Optional[Path]) -> None:
     print(f"gradprobe: wrote {visible(output)}", file=sys.stderr)
 
 
-@app.command()
+@app.command(cls=Command)
 def report(
     run: Optional[str] = typer.Argument(None, help="Run directory or name (default: the latest run)."),
     root: Path = typer.Option(Path(DEFAULT_ROOT), "--root", help="Where to look for run names."),
@@ -158,7 +158,7 @@ def report(
     _deliver(text, output)
 
 
-@app.command()
+@app.command(cls=Command)
 def compare(
     run_a: str = typer.Argument(..., help="First run (directory or name), e.g. before clipping."),
     run_b: str = typer.Argument(..., help="Second run, e.g. after clipping."),
@@ -195,7 +195,7 @@ def compare(
     _deliver(renderers[fmt](), output)
 
 
-@app.command("ls")
+@app.command("ls", cls=Command)
 def list_command(
     root: Path = typer.Argument(Path(DEFAULT_ROOT), help="Root directory of runs."),
 ) -> None:

@@ -37,9 +37,11 @@ SEED = typer.Option(None, "--seed", help="Seed Python, NumPy, PyTorch and Tensor
 QUIET = typer.Option(False, "--quiet", "-q", help="No live view on stderr (it is shown only when stderr is a "
                      "terminal).")
 FLUSH_EVERY = typer.Option(DEFAULT_FLUSH_EVERY, "--flush-every", min=1, max=MAX_FLUSH_EVERY,
-                           help="Copy device buffers to disk every N steps.")
+                           help="Copy device buffers to disk every N steps (and after steps 1, 2, 4 ... below N).")
 NPROC = typer.Option(None, "--nproc-per-node", min=1, max=MAX_PROCESSES, help="Start N processes with torch's launcher (torchrun), "
                      "each running SCRIPT under gradprobe; the run directory is shared.")
+VERBOSE = typer.Option(False, "--verbose", help="Keep TensorFlow's and absl's own log lines (hidden by "
+                       "default, unless set in the environment, e.g. TF_CPP_MIN_LOG_LEVEL).")
 ALL_RANKS = typer.Option(False, "--all-ranks", help="In a distributed run, record every rank (default: rank 0 "
                          "only), so that ranks whose gradients disagree are reported.")
 
@@ -69,10 +71,12 @@ def launch_ranks(nproc: int, script: str, args: list[str], options: list[str]) -
 
 def launch(script: str, args: Optional[List[str]], out: Path, name: Optional[str], every: int,
            max_steps: Optional[int], flush_every: int, seed: Optional[int], clip: Optional[str] = None,
-           quiet: bool = False, nproc: Optional[int] = None, all_ranks: bool = False) -> None:
+           quiet: bool = False, nproc: Optional[int] = None, all_ranks: bool = False,
+           verbose: bool = False) -> None:
     """Check everything, run the script under a session (or under N ranks), and exit as the script did."""
     from gradprobe.launcher import Outcome, check_script, reraise_signal, run_script
     from gradprobe.reports.live import live_view
+    from gradprobe.recording.framework_logs import quiet_framework_logs
     from gradprobe.recording.seeding import check_seed
     from gradprobe.recording.session import Sampling, Session
 
@@ -85,8 +89,10 @@ def launch(script: str, args: Optional[List[str]], out: Path, name: Optional[str
         for flag, value in (("--name", name), ("--max-steps", max_steps), ("--seed", seed), ("--clip", clip)):
             if value is not None:
                 options += [flag, str(value)]
-        options += ["--quiet"] * quiet + ["--all-ranks"] * all_ranks
+        options += ["--quiet"] * quiet + ["--all-ranks"] * all_ranks + ["--verbose"] * verbose
         raise typer.Exit(launch_ranks(nproc, script, args_list, options))
+    if not verbose:
+        quiet_framework_logs()
     session = Session(out=out, name=name, script=script, argv=[script, *args_list], max_steps=max_steps,
                       sampling=Sampling(every=every, flush_every=flush_every), clip=clip, seed=seed,
                       all_ranks=all_ranks)
@@ -106,7 +112,7 @@ def launch(script: str, args: Optional[List[str]], out: Path, name: Optional[str
 def profile(script: str = SCRIPT, args: Optional[List[str]] = ARGS, out: Path = OUT, name: Optional[str] = NAME,
             every: int = EVERY, max_steps: Optional[int] = MAX_STEPS, flush_every: int = FLUSH_EVERY,
             seed: Optional[int] = SEED, quiet: bool = QUIET, nproc_per_node: Optional[int] = NPROC,
-            all_ranks: bool = ALL_RANKS) -> None:
+            all_ranks: bool = ALL_RANKS, verbose: bool = VERBOSE) -> None:
     """Run SCRIPT unmodified and record its gradients into a run directory.
 
     [bold]gradprobe profile train.py -- --epochs 1[/bold]
@@ -117,7 +123,7 @@ def profile(script: str = SCRIPT, args: Optional[List[str]] = ARGS, out: Path = 
     gradprobe prints only to stderr.
     """
     launch(script, args, out, name, every, max_steps, flush_every, seed, quiet=quiet, nproc=nproc_per_node,
-           all_ranks=all_ranks)
+           all_ranks=all_ranks, verbose=verbose)
 
 
 def run(
@@ -129,7 +135,7 @@ def run(
                                              "a recommendation.json (or of a run directory holding one)."),
     out: Path = OUT, name: Optional[str] = NAME, every: int = EVERY, max_steps: Optional[int] = MAX_STEPS,
     flush_every: int = FLUSH_EVERY, seed: Optional[int] = SEED, quiet: bool = QUIET,
-    nproc_per_node: Optional[int] = NPROC, all_ranks: bool = ALL_RANKS,
+    nproc_per_node: Optional[int] = NPROC, all_ranks: bool = ALL_RANKS, verbose: bool = VERBOSE,
 ) -> None:
     """Run SCRIPT unmodified with a clip policy applied before every optimizer step, and record it.
 
@@ -140,11 +146,16 @@ def run(
     update; the run records the pre- and post-clip global norm, scale and
     threshold of every step.
     """
+    from gradprobe.launcher import check_script
     from gradprobe.policies import parse_spec
     from gradprobe.store.recommendation_file import load_recommended_spec
 
     if (clip is None) == (clip_from is None):
         raise GradprobeError("give exactly one of --clip SPEC or --clip-from FILE")
     policy = parse_spec(clip if clip is not None else load_recommended_spec(clip_from))
+    check_script(script)  # a missing script is the one error, without a line about clipping before it
+    if nproc_per_node is None and os.environ.get("RANK", "0") == "0":  # once per launch: by rank 0
+        source = "" if clip_from is None else f" (from {visible(clip_from)})"
+        print(f"gradprobe: clipping with {policy}{source}", file=sys.stderr)
     launch(script, args, out, name, every, max_steps, flush_every, seed, clip=policy, quiet=quiet,
-           nproc=nproc_per_node, all_ranks=all_ranks)
+           nproc=nproc_per_node, all_ranks=all_ranks, verbose=verbose)

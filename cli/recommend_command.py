@@ -48,6 +48,7 @@ def recommend(
     from gradprobe.analysis.findings import plain_json
     from gradprobe.analysis.recommend import first_choices, save_recommendations
     from gradprobe.reports.progress import stages
+    from gradprobe.reports.suggest import clip_commands
     from gradprobe.reports.terminal import render_recommendations
     from gradprobe.store import resolve_run
 
@@ -72,3 +73,7 @@ def recommend(
     else:
         render_recommendations(recommendations)
     print(f"gradprobe: wrote {visible(path)}", file=sys.stderr)
+    if recommendations and target.meta.get("script"):
+        args = (target.meta.get("argv") or [None])[1:]
+        use = clip_commands(path.parent, target.meta["script"], args)[0]
+        print(f"gradprobe: use it: {visible(use)}", file=sys.stderr)

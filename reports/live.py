@@ -1,8 +1,10 @@
 """Live view of a recording on stderr: steps, steps/s, global norm, clip activity and the latest finding.
 
 The view is refreshed at every flush, from the host arrays the flush writes
-(it never reads gradients and adds no device synchronisation), so it costs
-training one small redraw per flush. It appears at the first flush: only then
+(it never reads gradients and adds no device synchronisation of its own). While
+it is shown the session flushes at least every ``LIVE_FLUSH_SECONDS`` (one
+device read and one small redraw each time), and the early flushes after steps
+1, 2, 4, 8 ... make it appear from the first step. Only at the first flush
 are rich, numpy and the live checks imported (:mod:`gradprobe.reports.live_display`),
 so the script starts as it would without gradprobe.
 """
@@ -12,6 +14,8 @@ from __future__ import annotations
 import sys
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any, Mapping
+
+from gradprobe.recording.session import LIVE_FLUSH_SECONDS
 
 if TYPE_CHECKING:
     from rich.console import Console, Group
@@ -40,12 +44,15 @@ class LiveView:
 
     def __enter__(self) -> LiveView:
         self._entered = True
+        self._flush_seconds = self.session.flush_seconds
+        self.session.flush_seconds = min(self._flush_seconds, LIVE_FLUSH_SECONDS)
         self.session.listeners.append(self.update)
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.update in self.session.listeners:
             self.session.listeners.remove(self.update)
+            self.session.flush_seconds = self._flush_seconds
         self._entered = False
         if self.display is not None:
             self.display.stop()

@@ -7,6 +7,7 @@ import math
 from rich.console import Console
 from rich.table import Table
 
+from gradprobe.reports.suggest import clip_commands
 from gradprobe.reports.terminal import fmt, stdout_console
 from gradprobe.tuning import TuneResult
 
@@ -47,8 +48,11 @@ def render_tune(result: TuneResult, console: Console | None = None) -> None:
         console.print("chosen: no clipping")
     else:
         console.print(f"chosen: [bold]{result.chosen.spec}[/bold]", highlight=False)
-        console.print(f"use it: gradprobe run --clip-from {result.path} SCRIPT", highlight=False, soft_wrap=True)
-        console.print(f"    or: gradprobe apply SCRIPT --from {result.path}", highlight=False, soft_wrap=True)
+        config = result.config
+        commands = clip_commands(result.path, config.script if config else "SCRIPT", config.args if config else ())
+        for lead, command in zip(("use it", "    or"), commands):
+            # One line whatever the width, no markup: the command copies as it is.
+            console.print(f"{lead}: {command}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _seconds(result: TuneResult, spec: str | None) -> str:

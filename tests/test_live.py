@@ -191,3 +191,87 @@ def test_no_live_view_with_quiet_or_when_stderr_is_not_a_terminal(tmp_path):
                            cwd=tmp_path, capture_output=True, text=True, timeout=180)
     assert piped.returncode == 0 and "steps/s" not in piped.stderr
     assert piped.stdout.splitlines() == script_lines
+
+
+PAUSED = """
+import pathlib, sys, time, torch
+torch.manual_seed(0)
+model = torch.nn.Linear(4, 1)
+opt = torch.optim.SGD(model.parameters(), lr=0.01)
+for step in range(12):
+    opt.zero_grad()
+    model(torch.randn(8, 4)).pow(2).mean().backward()
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in model.parameters()]))
+    print(f"norm {step} {norm.item():.9g}", flush=True)
+    opt.step()
+    if step == 5:
+        print("waiting", flush=True)
+        deadline = time.monotonic() + 120
+        while not pathlib.Path("go").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+"""
+
+
+def test_a_run_shows_on_disk_after_steps_1_2_and_4_while_the_script_still_trains(tmp_path):
+    from gradprobe import load_run
+
+    (tmp_path / "train.py").write_text(PAUSED)
+    process = subprocess.Popen([sys.executable, "-m", "gradprobe", "profile", "--name", "early", "train.py"],
+                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        norms = {}
+        for line in process.stdout:
+            if line.strip() == "waiting":
+                break
+            _, step, value = line.split()
+            norms[int(step)] = float(value)
+        run = load_run(tmp_path / "gradprobe-runs" / "early")
+        assert run.meta["status"] == "running"
+        # Six steps taken; the flushes after the 1st, 2nd and 4th have written steps 0-3, the rest is on the device.
+        assert run.steps["step"].tolist() == [0, 1, 2, 3]
+        np.testing.assert_allclose(run.steps["global_norm"], [norms[s] for s in range(4)], rtol=1e-5)
+        assert sorted(set(run.layers["step"])) == [0]  # per-layer figures every 10 steps: step 0
+    finally:
+        (tmp_path / "go").touch()
+        rest, _ = process.communicate(timeout=120)
+    assert process.returncode == 0
+    assert load_run(tmp_path / "gradprobe-runs" / "early").steps["step"].tolist() == list(range(12))
+    norms.update({int(s): float(v) for _, s, v in (line.split() for line in rest.splitlines())})
+    np.testing.assert_allclose(load_run(tmp_path / "gradprobe-runs" / "early").steps["global_norm"],
+                               [norms[s] for s in range(12)], rtol=1e-5)
+
+
+def test_early_flushes_come_after_steps_1_2_4_8_until_the_flush_interval():
+    from gradprobe.recording.session import Sampling
+
+    powers = {2 ** k for k in range(20)}
+    for flush_every in (1, 2, 5, 50, 100, 128):
+        expected = [n for n in range(1, 300) if n in powers and n < flush_every]
+        assert [n for n in range(0, 300) if Sampling(flush_every=flush_every).early(n)] == expected
+
+
+def test_a_live_view_flushes_a_torch_loop_every_few_seconds_and_leaves_the_interval_as_it_was(tmp_path,
+                                                                                            monkeypatch):
+    import torch
+
+    from gradprobe.pytorch import step_buffer
+    from gradprobe.pytorch.naming import ParamNamer
+    from gradprobe.recording.session import LIVE_FLUSH_SECONDS, Sampling
+
+    clock = [0.0]
+    monkeypatch.setattr(step_buffer.time, "monotonic", lambda: clock[0])
+    session = Session(out=tmp_path, name="timed", sampling=Sampling(flush_every=1000, flush_seconds=30.0))
+    written = []
+    session.listeners.append(lambda steps, _layers: written.append(len(steps["step"])))
+    model = torch.nn.Linear(3, 1)
+    buffer = step_buffer.StepBuffer(session, ParamNamer({"m": model}), 0, list(model.parameters()))
+    with LiveView(session, Console(file=io.StringIO())):
+        assert session.flush_seconds == LIVE_FLUSH_SECONDS < 30.0
+        for _ in range(200):  # a step every 0.5 s
+            model(torch.randn(2, 3)).sum().backward()
+            clock[0] += 0.5
+            buffer.record(buffer.measure())
+    # Flushed whenever more than 2 s passed: after 5 steps at most (after 1, 2, 4 ... 128 steps as well).
+    assert sum(written) >= 195 and max(written) == 5 and len(written) >= 40
+    assert session.flush_seconds == 30.0  # the view is closed: back to the run's own interval
+    assert not session.flush_due(300, LIVE_FLUSH_SECONDS + 1) and session.flush_due(300, 31)

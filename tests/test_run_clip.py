@@ -60,6 +60,7 @@ def test_run_clip_global_norm_bounds_what_the_optimizer_sees(tmp_path, write_scr
     np.testing.assert_allclose(post, expected, rtol=1e-5)
     run = only_run(tmp_path / "runs")
     assert run.meta["clip"] == "global-norm:max=0.5,norm=2"
+    assert "gradprobe: clipping with global-norm:max=0.5,norm=2\n" in result.stderr
     np.testing.assert_allclose(run.steps["global_norm"], pre, rtol=1e-5)
     np.testing.assert_allclose(run.steps["global_norm_post"], post, rtol=1e-5)
     np.testing.assert_allclose(run.steps["clip_scale"], np.minimum(1.0, 0.5 / (pre + 1e-6)), rtol=1e-5)
@@ -77,6 +78,7 @@ def test_clip_from_recommendation_file(tmp_path, write_script):
     seen = json.loads((tmp_path / "seen.json").read_text())
     assert all(s["post"] <= 0.25 * (1 + 1e-5) for s in seen)
     assert only_run(tmp_path / "runs").meta["clip"] == "global-norm:max=0.25,norm=2"
+    assert "gradprobe: clipping with global-norm:max=0.25,norm=2 (from recommendation.json)\n" in result.stderr
 
 
 EXPLODING = """

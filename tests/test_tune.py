@@ -380,3 +380,27 @@ def test_maximize_without_a_metric_is_a_one_line_error(tmp_path, write_script):
     result = run_cli("tune", "--maximize", "--out", "tunes", str(script), cwd=tmp_path)
     assert result.returncode != 0 and "--maximize needs --metric" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "tunes").exists()
+
+
+def test_the_use_it_commands_are_one_line_each_at_any_width_and_parse_back_to_the_tuned_command(tmp_path):
+    import io
+    import shlex
+
+    from rich.console import Console
+
+    from gradprobe.reports.tune_table import render_tune
+    from gradprobe.tuning import TuneResult
+    from gradprobe.tuning.tune import TuneConfig
+
+    tune_dir = tmp_path / "my tunes" / "[spiky]"  # a space to quote, brackets that are not markup
+    chosen = Summary("global-norm p90", "global-norm:max=0.5", [TrialScore("ok", 1.0)])
+    result = TuneResult(tune_dir, ranking=[chosen], chosen=chosen, verdict="clipping helps",
+                        config=TuneConfig("train.py", ["--epochs", "1"]))
+    out = io.StringIO()
+    render_tune(result, Console(file=out, width=40, color_system=None))
+    lines = out.getvalue().splitlines()
+    use = [line for line in lines if line.startswith(("use it: ", "    or: "))]
+    assert [shlex.split(line.split(": ", 1)[1]) for line in use] == [
+        ["gradprobe", "run", "--clip-from", str(tune_dir), "train.py", "--", "--epochs", "1"],
+        ["gradprobe", "apply", "train.py", "--from", str(tune_dir)],
+    ]

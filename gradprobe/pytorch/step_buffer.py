@@ -163,7 +163,7 @@ class StepBuffer:
             self._host_steps.append(self.steps)
             self._host_times.append(time.time())
             self.steps += 1
-            due = self.full or time.monotonic() - self._last_flush > self.session.sampling.flush_seconds
+            due = self.full or self.session.flush_due(self.steps, time.monotonic() - self._last_flush)
             if due and self.index is not None:
                 self.flush()
 

@@ -30,6 +30,7 @@ DEFAULT_FLUSH_SECONDS = 30.0
 # 200 KB a tensor with --every 1.
 MAX_FLUSH_EVERY = 10_000
 MAX_EVERY = 1_000_000_000  # the per-layer sampling interval stays a 32-bit step count on every device
+LIVE_FLUSH_SECONDS = 2.0  # how often a live view on a terminal is refreshed, at most
 
 
 class StopTraining(BaseException):
@@ -48,7 +49,10 @@ class Sampling:
     loss and clip scale are recorded at every step). ``flush_every`` /
     ``flush_seconds``: device buffers are copied to the host and written as a
     Parquet part every N steps or after this many seconds, whichever comes
-    first; a hard crash loses at most that interval.
+    first; a hard crash loses at most that interval. Before the first full
+    interval a buffer also flushes after its steps 1, 2, 4, 8 ... (see
+    :meth:`early`), so a run shows on disk and in the live view from its
+    first step, at the cost of a handful of extra device reads.
     """
 
     every: int = DEFAULT_EVERY
@@ -62,6 +66,11 @@ class Sampling:
                 raise GradprobeError(f"--{field.replace('_', '-')} must be between 1 and {ceiling} (got {value})")
         if not 0 < self.flush_seconds < math.inf:
             raise GradprobeError(f"flush_seconds must be a positive number of seconds (got {self.flush_seconds})")
+
+    def early(self, recorded: int) -> bool:
+        """Whether a buffer that has now recorded ``recorded`` steps flushes ahead of ``flush_every``:
+        after steps 1, 2, 4, 8 ... while they are below ``flush_every``."""
+        return 0 < recorded < self.flush_every and recorded & (recorded - 1) == 0
 
 
 class Session:
@@ -106,6 +115,8 @@ class Session:
         self.optimizers: list[dict[str, Any]] = []
         self.recorders: list = []
         self.listeners: list[Callable[[dict, dict], None]] = []  # called with each flush's tables (live view)
+        # The time interval between flushes; a live view on a terminal shortens it (LIVE_FLUSH_SECONDS).
+        self.flush_seconds = self.sampling.flush_seconds
         self.closed = False
         self._lock = threading.RLock()  # several threads may train at once
         meta = {
@@ -206,6 +217,15 @@ class Session:
                 self.writer.write_meta()
         for listener in self.listeners:
             listener(steps, layers)
+
+    def flush_due(self, recorded: int, idle: float) -> bool:
+        """Whether a buffer that has recorded ``recorded`` steps in all, and last flushed ``idle``
+        seconds ago, flushes now (besides when it is full): early, at each multiple of ``flush_every``
+        (so the intervals line up again after early or timed flushes), or after ``flush_seconds``.
+        Host-side figures only, no device read."""
+        sampling = self.sampling
+        aligned = recorded > 0 and recorded % sampling.flush_every == 0
+        return aligned or sampling.early(recorded) or idle > self.flush_seconds
 
     def warn(self, message: str) -> None:
         """Tell the user, in one line on stderr, that the run is not what the script trained,

@@ -23,11 +23,13 @@ class FitHooks(keras.callbacks.Callback):
     def __init__(self, recorder: Any = None):
         super().__init__()
         self.recorder = recorder
-        self._steps = 0
+        self._steps = 0  # steps since the last flush
+        self._batches = 0  # batches begun in all
         self._last = time.monotonic()
 
     def on_train_begin(self, logs=None):
         self._steps = 0
+        self._batches = 0
         self._last = time.monotonic()
 
     def on_train_batch_begin(self, batch, logs=None):
@@ -36,13 +38,15 @@ class FitHooks(keras.callbacks.Callback):
         if self.recorder.limit_reached():
             self.recorder.flush()
             raise StopTraining(f"max steps ({self.recorder.session.max_steps}) reached")
-        sampling = self.recorder.session.sampling
+        session = self.recorder.session
         per_batch = max(1, int(getattr(self.model, "steps_per_execution", 1) or 1))
-        if self._steps + per_batch > sampling.flush_every or time.monotonic() - self._last > sampling.flush_seconds:
+        full = self._steps + per_batch > session.sampling.flush_every
+        if full or (self._steps and session.flush_due(self._batches, time.monotonic() - self._last)):
             self.recorder.flush()
             self._steps = 0
             self._last = time.monotonic()
         self._steps += per_batch
+        self._batches += 1
 
     def on_train_end(self, logs=None):
         self.recorder.flush()

@@ -135,7 +135,8 @@ class TFRecorder(GuardedHooks):
         self.host_flushing = 0
         self.stop_requested = False
         self.xla_buffers = False
-        self._calls = 0
+        self._calls = 0  # compiled calls since the last flush, and in all
+        self._all_calls = 0
         self._last_flush = time.monotonic()
         self._thread = threading.get_ident()
         self._local = threading.local()
@@ -478,8 +479,9 @@ class TFRecorder(GuardedHooks):
         if not self.xla_buffers or self.host_flushing:
             return
         self._calls += 1
-        sampling = self.session.sampling
-        if self._calls >= sampling.flush_every or time.monotonic() - self._last_flush > sampling.flush_seconds:
+        self._all_calls += 1
+        idle = time.monotonic() - self._last_flush
+        if self._calls >= self.session.sampling.flush_every or self.session.flush_due(self._all_calls, idle):
             self.flush()
             if self.session.max_steps is not None and self.limit_reached():
                 raise StopTraining(f"max steps ({self.session.max_steps}) reached")

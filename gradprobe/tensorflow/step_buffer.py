@@ -166,7 +166,8 @@ class TFStepBuffer:
         after = self.count.assign_add(1)
         if trigger:
             due = tf.equal(after % self.capacity, 0)
-            due = due | (tf.timestamp() - self.last_flush > self.session.sampling.flush_seconds)
+            due = due | ((after < self.capacity) & tf.equal(tf.bitwise.bitwise_and(after, after - 1), 0))  # early
+            due = due | (tf.timestamp() - self.last_flush > self.session.flush_seconds)
             if limit:
                 due = due | tf.equal(after, self.session.max_steps)
             tf.cond(due, lambda: self._flush_in_graph(after, limit), tf.no_op)
