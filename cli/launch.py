@@ -69,27 +69,32 @@ def launch_ranks(nproc: int, script: str, args: list[str], options: list[str]) -
 
 def launch(script: str, args: Optional[List[str]], out: Path, name: Optional[str], every: int,
            max_steps: Optional[int], flush_every: int, seed: Optional[int], clip: Optional[str] = None,
-           quiet: bool = False, nproc: Optional[int] = None, all_ranks: bool = False) -> None:
+           quiet: bool = False, nproc: Optional[int] = None, all_ranks: bool = False,
+           skip_samples: Optional[Path] = None) -> None:
     """Check everything, run the script under a session (or under N ranks), and exit as the script did."""
     from gradprobe.launcher import Outcome, check_script, reraise_signal, run_script
     from gradprobe.reports.live import live_view
     from gradprobe.recording.seeding import check_seed
     from gradprobe.recording.session import Sampling, Session
 
+    from gradprobe.store.skip_samples_file import read_skip_samples
+
     check_seed(seed)
     check_script(script)
+    skips = read_skip_samples(skip_samples) if skip_samples is not None else None
     args_list = script_args(args)
     if nproc is not None:
-        options = ["profile" if clip is None else "run", "--out", str(out), "--every", str(every),
+        options = ["profile" if clip is None and skips is None else "run", "--out", str(out), "--every", str(every),
                    "--flush-every", str(flush_every)]
-        for flag, value in (("--name", name), ("--max-steps", max_steps), ("--seed", seed), ("--clip", clip)):
+        for flag, value in (("--name", name), ("--max-steps", max_steps), ("--seed", seed), ("--clip", clip),
+                            ("--skip-samples", skip_samples)):
             if value is not None:
                 options += [flag, str(value)]
         options += ["--quiet"] * quiet + ["--all-ranks"] * all_ranks
         raise typer.Exit(launch_ranks(nproc, script, args_list, options))
     session = Session(out=out, name=name, script=script, argv=[script, *args_list], max_steps=max_steps,
                       sampling=Sampling(every=every, flush_every=flush_every), clip=clip, seed=seed,
-                      all_ranks=all_ranks)
+                      all_ranks=all_ranks, skip_samples=skips)
     with ExitStack() as view:
         view.enter_context(live_view(session, quiet or not session.recording))
 
@@ -130,6 +135,9 @@ def run(
     out: Path = OUT, name: Optional[str] = NAME, every: int = EVERY, max_steps: Optional[int] = MAX_STEPS,
     flush_every: int = FLUSH_EVERY, seed: Optional[int] = SEED, quiet: bool = QUIET,
     nproc_per_node: Optional[int] = NPROC, all_ranks: bool = ALL_RANKS,
+    skip_samples: Optional[Path] = typer.Option(None, "--skip-samples", help="Leave out these DataLoader "
+                                                "samples (a JSON file, e.g. RUN/skip-samples.json that "
+                                                "gradprobe report writes); with or without a clip policy."),
 ) -> None:
     """Run SCRIPT unmodified with a clip policy applied before every optimizer step, and record it.
 
@@ -138,13 +146,18 @@ def run(
 
     Gradients are clipped after accumulation and AMP unscaling, right before the
     update; the run records the pre- and post-clip global norm, scale and
-    threshold of every step.
+    threshold of every step. With [bold]--skip-samples FILE[/bold] the named
+    DataLoaders' samplers leave those dataset indices out, to test whether
+    the batches a spike finding names caused it.
     """
     from gradprobe.policies import parse_spec
     from gradprobe.store.recommendation_file import load_recommended_spec
 
-    if (clip is None) == (clip_from is None):
-        raise GradprobeError("give exactly one of --clip SPEC or --clip-from FILE")
-    policy = parse_spec(clip if clip is not None else load_recommended_spec(clip_from))
+    if clip is not None and clip_from is not None:
+        raise GradprobeError("give one of --clip SPEC or --clip-from FILE, not both")
+    if clip is None and clip_from is None and skip_samples is None:
+        raise GradprobeError("give --clip SPEC, --clip-from FILE or --skip-samples FILE")
+    spec = clip if clip is not None else load_recommended_spec(clip_from) if clip_from is not None else None
+    policy = parse_spec(spec) if spec is not None else None
     launch(script, args, out, name, every, max_steps, flush_every, seed, clip=policy, quiet=quiet,
-           nproc=nproc_per_node, all_ranks=all_ranks)
+           nproc=nproc_per_node, all_ranks=all_ranks, skip_samples=skip_samples)
