@@ -216,3 +216,20 @@ def test_spike_names_the_corrupted_sample_and_the_rerun_without_it_is_clean(tmp_
     rerun = json.loads((tmp_path / "b.json").read_text())
     assert not skipped & {i for indices in rerun for i in indices}
     assert spike_findings(tmp_path / "runs" / "b", tmp_path) == []
+
+
+def test_batches_sliced_by_hand_are_fingerprinted(tmp_path):
+    x = torch.randn(96, 5)
+    model = torch.nn.Linear(5, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    starts = [0, 32, 0, 64]  # the third step sees the first step's rows again
+    with gradprobe.watch(model, out=tmp_path, name="r") as rec:
+        for start in starts:
+            model(x[start:start + 32]).mean().backward()
+            opt.step()
+            opt.zero_grad()
+    batches = gradprobe.load_run(rec.path).batches
+    assert batches["step"].tolist() == [0, 1, 2, 3] and (batches["kind"] == "fingerprint").all()
+    prints = batches["samples"].tolist()
+    assert all(p.startswith("shape=[32, 5] float32 crc=") for p in prints)
+    assert prints[0] == prints[2] and len({prints[0], prints[1], prints[3]}) == 3

@@ -118,6 +118,12 @@ class ParamNamer:
                         found.setdefault(id(value), value)
         return list(found.values())
 
+    def roots_of(self, params: list[torch.Tensor]) -> list[torch.nn.Module]:
+        """The watched (or, when discovering, live top-level) models that own any of ``params``."""
+        wanted = {id(p) for p in params}
+        roots = list(self._explicit.values()) if self._explicit else _live_roots()
+        return [root for root in roots if any(id(p) in wanted for p in root.parameters())]
+
     def _discover(self, params: list[torch.Tensor]) -> None:
         owners = _live_roots()
         labels = variable_names({id(r): r for r in owners})

@@ -46,6 +46,7 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from gradprobe.policies.base import recorded_threshold
+from gradprobe.pytorch.batch_fingerprint import InputFingerprints
 from gradprobe.pytorch.data_loaders import LoaderWatch
 from gradprobe.pytorch.clip import TorchClipper, flag_skip_on_device, ops_for, restore_found_inf
 from gradprobe.pytorch.naming import ParamNamer
@@ -119,6 +120,7 @@ class TorchRecorder(GuardedHooks):
         self._patches: list[tuple[Any, str, Any]] = []
         self.batches = BatchLog(session.layout["rank"])  # which samples went into each step
         self.loaders = LoaderWatch(self.batches, session.skip_samples)
+        self.inputs = InputFingerprints(self.batches)
 
     # -- installation -------------------------------------------------------------------
 
@@ -129,7 +131,10 @@ class TorchRecorder(GuardedHooks):
         self.session.set_framework("torch", torch.__version__)
         if optimizers_may_exist:
             gc.collect()  # optimizers that are already garbage must not turn off per-backward recording
-            self.optimizer_exists = next(self._live_optimizers(), None) is not None
+            live = list(self._live_optimizers())
+            self.optimizer_exists = bool(live)
+            for optimizer in live:
+                self._watch_inputs(optimizer)
         self._handles.append(register_optimizer_step_pre_hook(self._guard(self._pre_step)))
         self._handles.append(register_optimizer_step_post_hook(self._guard(self._post_step)))
         recorder = self
@@ -153,7 +158,7 @@ class TorchRecorder(GuardedHooks):
         @functools.wraps(original_init)
         def optimizer_init(optimizer, *args, **kwargs):
             result = original_init(optimizer, *args, **kwargs)
-            recorder._guard(recorder._note_optimizer)(optimizer)
+            recorder._guard(recorder._new_optimizer)(optimizer)
             return result
 
         self._patch(torch.optim.Optimizer, "__init__", optimizer_init)
@@ -217,6 +222,7 @@ class TorchRecorder(GuardedHooks):
             self._guard(self._fall_back)("the script ended without an optimizer step")
         self.flush()
         self.loaders.remove()
+        self.inputs.remove()
         if self._write_batches in self.session.listeners:
             self.session.listeners.remove(self._write_batches)
         if self.loaders.dropped:
@@ -268,6 +274,16 @@ class TorchRecorder(GuardedHooks):
         """An optimizer of the watched parameters exists: backward passes are no longer steps."""
         if not self.optimizer_exists and self._updates_watched(optimizer):
             self.optimizer_exists = True
+
+    def _new_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """The script built an optimizer: note it, and fingerprint the inputs of the models it updates."""
+        self._note_optimizer(optimizer)
+        if self._updates_watched(optimizer):
+            self._watch_inputs(optimizer)
+
+    def _watch_inputs(self, optimizer: torch.optim.Optimizer) -> None:
+        """Fingerprint the inputs of the models ``optimizer`` updates (for steps without a DataLoader)."""
+        self.inputs.attach(self.namer.roots_of([p for g in optimizer.param_groups for p in g["params"]]))
 
     def _buffer(self, optimizer: torch.optim.Optimizer) -> StepBuffer | None:
         key = (  # what decides the buffer's parameters: group sizes and which ones train

@@ -5,7 +5,9 @@ the recorder tells the log when a backward pass starts and when an optimizer
 steps. The batches drawn since the previous backward pass belong to that pass;
 the passes since the previous step (gradient accumulation) belong to the step,
 and to every optimizer that steps on them (a GAN's two optimizers). A backward
-pass with no new batch reuses the batch of the pass before it. Batches drawn
+pass with no new batch reuses the batch of the pass before it; with no loader
+batch at all, the fingerprint of the model's last input (:meth:`BatchLog.seen_input`)
+stands for the batch. Batches drawn
 with gradients disabled (an evaluation loop under ``torch.no_grad()``) are not
 counted. Rows are written as ``batches`` parts (:mod:`gradprobe.store.schema`).
 """
@@ -45,6 +47,7 @@ class BatchLog:
         self._drawn: list[Batch] = []
         self._step_batches: list[Batch] = []
         self._last_pass: list[Batch] = []
+        self._input: Batch | None = None
         self._stepped = False
         self._rows: list[tuple] = []
         self._lock = threading.Lock()
@@ -52,6 +55,10 @@ class BatchLog:
     def drawn(self, batch: Batch) -> None:
         """A loader handed ``batch`` to the script."""
         self._drawn.append(batch)
+
+    def seen_input(self, batch: Batch) -> None:
+        """A model received an input no loader handed out, fingerprinted as ``batch``."""
+        self._input = batch
 
     @property
     def pending_draws(self) -> bool:
@@ -64,6 +71,9 @@ class BatchLog:
             self._step_batches, self._stepped = [], False
         if self._drawn:
             self._last_pass, self._drawn = self._drawn, []
+        elif self._input is not None:
+            self._last_pass = [self._input]
+        self._input = None
         self._step_batches.extend(self._last_pass)
 
     def step(self, optimizer: int, step: int) -> None:
