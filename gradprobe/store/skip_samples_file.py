@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Mapping
 
 from gradprobe.errors import GradprobeError
-from gradprobe.store.json_file import JSONFileError, MiB, read_json_file
+from gradprobe.store.json_file import MiB, read_user_json
 from gradprobe.store.sample_ranges import format_ranges, parse_ranges
 from gradprobe.store.writer import write_json_atomic
 
@@ -25,12 +25,7 @@ SKIP_FILE = "skip-samples.json"
 
 def read_skip_samples(path: str | Path) -> dict[str, frozenset[int]]:
     """The samples to drop, per loader name; a missing or malformed file is a one-line error."""
-    try:
-        data = read_json_file(Path(path), 16 * MiB)
-    except FileNotFoundError:
-        raise GradprobeError(f"--skip-samples {path}: no such file") from None
-    except JSONFileError as exc:
-        raise GradprobeError(f"--skip-samples {path}: {exc}") from None
+    data = read_user_json(Path(path), 16 * MiB, f"--skip-samples {path}", "no such file")
     loaders = data.get("loaders") if isinstance(data, dict) else None
     if not isinstance(loaders, dict) or not loaders:
         raise GradprobeError(f"--skip-samples {path}: expected an object with a non-empty 'loaders' object, "
