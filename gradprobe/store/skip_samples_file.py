@@ -33,7 +33,10 @@ def read_skip_samples(path: str | Path) -> dict[str, frozenset[int]]:
     skips = {}
     for name, samples in loaders.items():
         if isinstance(samples, str):
-            skips[name] = frozenset(parse_ranges(samples))
+            try:
+                skips[name] = frozenset(parse_ranges(samples))
+            except GradprobeError as exc:
+                raise GradprobeError(f"--skip-samples {path}: loader {name!r}: {exc}") from None
         elif isinstance(samples, list) and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
                                                for i in samples):
             skips[name] = frozenset(samples)
