@@ -7,7 +7,7 @@ in host memory, a CRC-32 of up to :data:`PROBES` elements evenly spaced through
 it (``shape=[64, 8] float32 crc=1a2b3c4d``): two batches sliced by hand from
 different rows differ. For a tensor on an accelerator only the shape, dtype and
 device are noted: reading its values would wait for the device, which
-recording never does.
+recording never does. Inside a ``torch.compile`` graph the hook does nothing.
 """
 
 from __future__ import annotations
@@ -54,16 +54,22 @@ class InputFingerprints:
         self.log = log
         self._handles: dict[int, Any] = {}
         self._models: weakref.WeakSet = weakref.WeakSet()
+        self._params: set[int] = set()  # ids of the watched models' parameters
+
+    def covers(self, params: list[torch.Tensor]) -> bool:
+        """Whether a watched model owns one of ``params`` already."""
+        return any(id(p) in self._params for p in params)
 
     def attach(self, models: list[torch.nn.Module]) -> None:
         """Watch the inputs of ``models`` (each once)."""
         for model in models:
             if model not in self._models:
                 self._models.add(model)
+                self._params.update(id(p) for p in model.parameters())
                 self._handles[id(model)] = model.register_forward_pre_hook(self._note)
 
     def _note(self, _module: torch.nn.Module, args: tuple) -> None:
-        if self.log.pending_draws or not torch.is_grad_enabled():
+        if self.log.pending_draws or not torch.is_grad_enabled() or torch.compiler.is_compiling():
             return
         tensor = first_tensor(args)
         if tensor is not None:

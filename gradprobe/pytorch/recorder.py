@@ -283,7 +283,9 @@ class TorchRecorder(GuardedHooks):
 
     def _watch_inputs(self, optimizer: torch.optim.Optimizer) -> None:
         """Fingerprint the inputs of the models ``optimizer`` updates (for steps without a DataLoader)."""
-        self.inputs.attach(self.namer.roots_of([p for g in optimizer.param_groups for p in g["params"]]))
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        if not self.inputs.covers(params):  # finding the models scans the heap: once per model
+            self.inputs.attach(self.namer.roots_of(params))
 
     def _buffer(self, optimizer: torch.optim.Optimizer) -> StepBuffer | None:
         key = (  # what decides the buffer's parameters: group sizes and which ones train
