@@ -233,3 +233,27 @@ def test_batches_sliced_by_hand_are_fingerprinted(tmp_path):
     prints = batches["samples"].tolist()
     assert all(p.startswith("shape=[32, 5] float32 crc=") for p in prints)
     assert prints[0] == prints[2] and len({prints[0], prints[1], prints[3]}) == 3
+
+
+def test_nonfinite_and_spike_findings_name_their_steps_batches():
+    import pandas as pd
+
+    from gradprobe.analysis.batch_blame import name_batches, skip_samples
+    from gradprobe.analysis.findings import Finding
+
+    batches = pd.DataFrame({
+        "step": [6, 6, 7, 9], "optimizer": [0, 0, 0, 0], "rank": [0] * 4, "loader": ["train_loader"] * 4,
+        "epoch": [1] * 4, "kind": ["indices"] * 4, "first": [4480, 10, 0, 64], "count": [64, 2, 64, 64],
+        "samples": ["4480-4543", "10-11", "0-63", "64-127"]})
+    nonfinite = Finding("nonfinite", "critical", [], (6, 8), {"optimizer": 0}, "Gradients became NaN/Inf.")
+    spike = Finding("spike", "warning", [], (7, 9), {"optimizer": 0, "max_step": 9, "spike_steps": [7, 9]}, "x.")
+    other = Finding("explosion", "warning", [], (6, 9), {"optimizer": 0}, "y.")
+    name_batches([nonfinite, spike, other], batches, "runs/a", "train.py")
+    assert [b["samples"] for b in nonfinite.batches] == ["4480-4543", "10-11"]
+    assert "step 6: samples 4480-4543 of loader `train_loader` (epoch 1)" in nonfinite.advice
+    assert "`gradprobe run --skip-samples runs/a/skip-samples.json train.py`" in nonfinite.advice
+    assert [b["step"] for b in spike.batches] == [9, 7]  # the worst step first
+    assert other.batches == [] and "batches" not in other.to_dict()
+    assert nonfinite.to_dict()["batches"][0] == {"step": 6, "optimizer": 0, "loader": "train_loader", "epoch": 1,
+                                                 "kind": "indices", "count": 64, "samples": "4480-4543"}
+    assert skip_samples([nonfinite]) == {"train_loader": [10, 11, *range(4480, 4544)]}
