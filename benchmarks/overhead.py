@@ -22,6 +22,7 @@ Variants whose package is not installed are left out.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import sys
@@ -78,6 +79,31 @@ def _gradprobe(every: int | None = None, clip: str | None = None):
     return context
 
 
+LOADER_SAMPLES, LOADER_BATCH = 640, 64
+
+
+def _with_loader(context: Callable):
+    """``context`` plus a DataLoader (shuffled, 10 batches an epoch) that the step draws a batch from,
+    created inside it so that gradprobe, when ``context`` is gradprobe's, records which samples each
+    step drew."""
+    @contextmanager
+    def with_loader(work: Workload, out: str) -> Iterator[None]:
+        with context(work, out):
+            train_loader = torch.utils.data.DataLoader(
+                torch.utils.data.TensorDataset(torch.arange(LOADER_SAMPLES)), batch_size=LOADER_BATCH, shuffle=True)
+            work.batches = itertools.chain.from_iterable(itertools.repeat(train_loader))
+            try:
+                yield
+            finally:
+                work.batches = None
+
+    return with_loader
+
+
+def _draw_batch(work: Workload) -> None:
+    next(work.batches)
+
+
 @contextmanager
 def _wandb_watch(work: Workload, out: str) -> Iterator[None]:
     import wandb
@@ -108,6 +134,9 @@ VARIANTS: dict[str, tuple[Callable, Callable, str | None]] = {
     "gradprobe every step": (_gradprobe(every=1), _plain, None),
     "gradprobe default sampling": (_gradprobe(), _plain, None),
     "gradprobe default sampling + global-norm clip": (_gradprobe(clip=f"global-norm:max={CLIP}"), _plain, None),
+    "DataLoader batch per step": (_with_loader(_nothing), _draw_batch, None),
+    "gradprobe default sampling + DataLoader batch per step (samples recorded)":
+        (_with_loader(_gradprobe()), _draw_batch, None),
     "per-parameter logger": (_nothing, _per_parameter_logger, None),
     "lightning grad_norm": (_nothing, _lightning_grad_norm, "lightning"),
     "wandb.watch(log_freq=1)": (_wandb_watch, _plain, "wandb"),

@@ -114,6 +114,20 @@ def _deliver(text: str, output: Optional[Path]) -> None:
     print(f"gradprobe: wrote {visible(output)}", file=sys.stderr)
 
 
+def _write_skip_file(built) -> None:
+    """Write ``RUN/skip-samples.json`` when findings name the samples of their steps."""
+    from gradprobe.analysis.batch_blame import skip_samples
+    from gradprobe.store.skip_samples_file import SKIP_FILE, write_skip_samples
+
+    samples = skip_samples(built.findings)
+    if not samples:
+        return
+    try:
+        write_skip_samples(built.run.path / SKIP_FILE, samples)
+    except OSError as exc:
+        print(f"gradprobe: cannot write {visible(built.run.path / SKIP_FILE)}: {visible(exc)}", file=sys.stderr)
+
+
 @app.command(cls=Command)
 def report(
     run: Optional[str] = typer.Argument(None, help="Run directory or name (default: the latest run)."),
@@ -148,6 +162,7 @@ def report(
             text = None if output is None else render_terminal_text(lambda console: render_report(built, console))
         else:
             text = render_text(built, fmt.value, progress)
+    _write_skip_file(built)
     if text is None:
         render_report(built)
         return

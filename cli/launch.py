@@ -72,7 +72,7 @@ def launch_ranks(nproc: int, script: str, args: list[str], options: list[str]) -
 def launch(script: str, args: Optional[List[str]], out: Path, name: Optional[str], every: int,
            max_steps: Optional[int], flush_every: int, seed: Optional[int], clip: Optional[str] = None,
            quiet: bool = False, nproc: Optional[int] = None, all_ranks: bool = False,
-           verbose: bool = False) -> None:
+           verbose: bool = False, skip_samples: Optional[Path] = None) -> None:
     """Check everything, run the script under a session (or under N ranks), and exit as the script did."""
     from gradprobe.launcher import Outcome, check_script, reraise_signal, run_script
     from gradprobe.reports.live import live_view
@@ -80,13 +80,17 @@ def launch(script: str, args: Optional[List[str]], out: Path, name: Optional[str
     from gradprobe.recording.seeding import check_seed
     from gradprobe.recording.session import Sampling, Session
 
+    from gradprobe.store.skip_samples_file import read_skip_samples
+
     check_seed(seed)
     check_script(script)
+    skips = read_skip_samples(skip_samples) if skip_samples is not None else None
     args_list = script_args(args)
     if nproc is not None:
-        options = ["profile" if clip is None else "run", "--out", str(out), "--every", str(every),
+        options = ["profile" if clip is None and skips is None else "run", "--out", str(out), "--every", str(every),
                    "--flush-every", str(flush_every)]
-        for flag, value in (("--name", name), ("--max-steps", max_steps), ("--seed", seed), ("--clip", clip)):
+        for flag, value in (("--name", name), ("--max-steps", max_steps), ("--seed", seed), ("--clip", clip),
+                            ("--skip-samples", skip_samples)):
             if value is not None:
                 options += [flag, str(value)]
         options += ["--quiet"] * quiet + ["--all-ranks"] * all_ranks + ["--verbose"] * verbose
@@ -95,7 +99,7 @@ def launch(script: str, args: Optional[List[str]], out: Path, name: Optional[str
         quiet_framework_logs()
     session = Session(out=out, name=name, script=script, argv=[script, *args_list], max_steps=max_steps,
                       sampling=Sampling(every=every, flush_every=flush_every), clip=clip, seed=seed,
-                      all_ranks=all_ranks)
+                      all_ranks=all_ranks, skip_samples=skips)
     with ExitStack() as view:
         view.enter_context(live_view(session, quiet or not session.recording))
 
@@ -136,6 +140,9 @@ def run(
     out: Path = OUT, name: Optional[str] = NAME, every: int = EVERY, max_steps: Optional[int] = MAX_STEPS,
     flush_every: int = FLUSH_EVERY, seed: Optional[int] = SEED, quiet: bool = QUIET,
     nproc_per_node: Optional[int] = NPROC, all_ranks: bool = ALL_RANKS, verbose: bool = VERBOSE,
+    skip_samples: Optional[Path] = typer.Option(None, "--skip-samples", help="Leave out these DataLoader "
+                                                "samples (a JSON file, e.g. RUN/skip-samples.json that "
+                                                "gradprobe report writes); with or without a clip policy."),
 ) -> None:
     """Run SCRIPT unmodified with a clip policy applied before every optimizer step, and record it.
 
@@ -144,18 +151,23 @@ def run(
 
     Gradients are clipped after accumulation and AMP unscaling, right before the
     update; the run records the pre- and post-clip global norm, scale and
-    threshold of every step.
+    threshold of every step. With [bold]--skip-samples FILE[/bold] the named
+    DataLoaders' samplers leave those dataset indices out, to test whether
+    the batches a spike finding names caused it.
     """
     from gradprobe.launcher import check_script
     from gradprobe.policies import parse_spec
     from gradprobe.store.recommendation_file import load_recommended_spec
 
-    if (clip is None) == (clip_from is None):
-        raise GradprobeError("give exactly one of --clip SPEC or --clip-from FILE")
-    policy = parse_spec(clip if clip is not None else load_recommended_spec(clip_from))
+    if clip is not None and clip_from is not None:
+        raise GradprobeError("give one of --clip SPEC or --clip-from FILE, not both")
+    if clip is None and clip_from is None and skip_samples is None:
+        raise GradprobeError("give --clip SPEC, --clip-from FILE or --skip-samples FILE")
+    spec = clip if clip is not None else load_recommended_spec(clip_from) if clip_from is not None else None
+    policy = parse_spec(spec) if spec is not None else None
     check_script(script)  # a missing script is the one error, without a line about clipping before it
-    if nproc_per_node is None and os.environ.get("RANK", "0") == "0":  # once per launch: by rank 0
+    if policy is not None and nproc_per_node is None and os.environ.get("RANK", "0") == "0":  # once, by rank 0
         source = "" if clip_from is None else f" (from {visible(clip_from)})"
         print(f"gradprobe: clipping with {policy}{source}", file=sys.stderr)
     launch(script, args, out, name, every, max_steps, flush_every, seed, clip=policy, quiet=quiet,
-           nproc=nproc_per_node, all_ranks=all_ranks, verbose=verbose)
+           nproc=nproc_per_node, all_ranks=all_ranks, verbose=verbose, skip_samples=skip_samples)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
 from gradprobe.analysis import SEVERITIES, Finding, Stream, diagnose, split_streams
+from gradprobe.analysis.batch_blame import name_batches
 from gradprobe.analysis.clip_saturation import CLIPPED_SCALE
 from gradprobe.analysis.recommend import STRATEGIES, Recommendation, recommend
 from gradprobe.analysis.task_conflict import read_tasks, task_cosines, task_norms
@@ -83,6 +85,7 @@ def build_report(run: Run, groups: Sequence[str] = (), stages: Stages | None = N
         streams = split_streams(run)
     with stages.stage("diagnosing"):
         findings = diagnose(streams, groups, tasks, run.meta)
+        name_batches(findings, run.batches, str(run.path), Path(run.meta.get("script") or "train.py").name)
     with stages.stage("replaying clip recommendations"):
         recommendations = recommend(streams, findings, strategies, percentile)
     return Report(run, streams, findings, recommendations, tasks, tuple(groups))

@@ -147,7 +147,7 @@ def _break_column(table: pa.Table, column: str, fault: str) -> pa.Table:
 @given(data=st.data())
 def test_parts_with_missing_or_mistyped_columns_are_read_or_named(tmp_path_factory, data):
     path = small_run(tmp_path_factory.mktemp("runs"))
-    table = data.draw(st.sampled_from(sorted(TABLES)[:2]))  # steps, layers
+    table = data.draw(st.sampled_from(["layers", "steps"]))
     part = sorted((path / "parts").glob(f"{table}-*.parquet"))[0]
     broken = pq.read_table(part)
     for column in data.draw(st.lists(st.sampled_from(broken.column_names), min_size=1, max_size=3, unique=True)):

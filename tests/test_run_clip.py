@@ -117,8 +117,11 @@ def test_clipping_stops_a_run_that_explodes(tmp_path, write_script):
         (["--clip-from", "missing.json"], "missing.json: not found"),
         (["--clip-from", "bad.json"], "bad.json: not valid JSON"),
         (["--clip-from", "empty.json"], "non-empty 'recommendations'"),
-        ([], "exactly one of --clip"),
-        (["--clip", "value:max=1", "--clip-from", "bad.json"], "exactly one of --clip"),
+        ([], "give --clip SPEC, --clip-from FILE or --skip-samples FILE"),
+        (["--clip", "value:max=1", "--clip-from", "bad.json"], "not both"),
+        (["--skip-samples", "missing.json"], "missing.json: no such file"),
+        (["--skip-samples", "bad.json"], "bad.json: not valid JSON"),
+        (["--skip-samples", "empty.json"], "non-empty 'loaders'"),
     ],
 )
 def test_bad_clip_input_never_starts_training(tmp_path, write_script, args, message):

@@ -7,6 +7,8 @@ A finding is one problem seen in one optimizer's stream of steps::
 
 ``evidence`` holds numbers only (and lists of numbers); it always contains
 ``optimizer``, the index of the optimizer whose steps the finding is about.
+Spike and non-finite findings of a run that recorded its batches also carry
+``batches``: which samples went into their steps (:mod:`gradprobe.analysis.batch_blame`).
 Severities, from least to most urgent: ``info`` (worth knowing, no action
 needed), ``warning`` (likely hurts training), ``critical`` (training is
 broken or about to be).
@@ -36,6 +38,7 @@ class Finding:
     steps: tuple[int, int]
     evidence: dict[str, Any] = field(default_factory=dict)
     advice: str = ""
+    batches: list[dict[str, Any]] = field(default_factory=list)  # the data of its steps (batch_blame)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -57,6 +60,7 @@ class Finding:
             "steps": [int(self.steps[0]), int(self.steps[1])],
             "evidence": {str(k): json_number(v) for k, v in self.evidence.items()},
             "advice": self.advice,
+            **({"batches": plain_json(self.batches)} if self.batches else {}),
         }
 
 

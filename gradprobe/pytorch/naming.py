@@ -69,7 +69,7 @@ def _user_frames() -> Iterable[FrameType]:
         frame = frame.f_back
 
 
-def _variable_names(targets: Mapping[int, object]) -> dict[int, str]:
+def variable_names(targets: Mapping[int, object]) -> dict[int, str]:
     """Map ids of ``targets`` to the first variable name that refers to them in user frames."""
     found: dict[int, str] = {}
     for frame in _user_frames():
@@ -118,9 +118,15 @@ class ParamNamer:
                         found.setdefault(id(value), value)
         return list(found.values())
 
+    def roots_of(self, params: list[torch.Tensor]) -> list[torch.nn.Module]:
+        """The watched (or, when discovering, live top-level) models that own any of ``params``."""
+        wanted = {id(p) for p in params}
+        roots = list(self._explicit.values()) if self._explicit else _live_roots()
+        return [root for root in roots if any(id(p) in wanted for p in root.parameters())]
+
     def _discover(self, params: list[torch.Tensor]) -> None:
         owners = _live_roots()
-        labels = _variable_names({id(r): r for r in owners})
+        labels = variable_names({id(r): r for r in owners})
         by_label: dict[str, torch.nn.Module] = {}
         for root in owners:
             label = labels.get(id(root), type(root).__name__)
@@ -129,7 +135,7 @@ class ParamNamer:
             by_label[label] = root
         self._index(by_label, prefix=len(owners) > 1)
         loose = {id(p): p for p in params if id(p) not in self._names}
-        for pid, var in _variable_names(loose).items():
+        for pid, var in variable_names(loose).items():
             self._names[pid] = ParamName(var, var, (len(by_label), len(self._names)))
 
     def _index(self, roots: Mapping[str, torch.nn.Module], prefix: bool) -> None:

@@ -46,11 +46,14 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from gradprobe.policies.base import recorded_threshold
+from gradprobe.pytorch.batch_fingerprint import InputFingerprints
+from gradprobe.pytorch.data_loaders import LoaderWatch
 from gradprobe.pytorch.clip import TorchClipper, flag_skip_on_device, ops_for, restore_found_inf
 from gradprobe.pytorch.naming import ParamNamer
 from gradprobe.pytorch.norms import foreach_norms, global_norm
 from gradprobe.pytorch.sharding import full_norms, local
 from gradprobe.pytorch.step_buffer import StepBuffer
+from gradprobe.recording.batch_log import BatchLog
 from gradprobe.recording.hook_guard import GuardedHooks
 from gradprobe.recording.session import Session, StopTraining
 
@@ -115,6 +118,9 @@ class TorchRecorder(GuardedHooks):
         self._pre_steps: dict[int, int] = {}
         self._handles: list[Any] = []
         self._patches: list[tuple[Any, str, Any]] = []
+        self.batches = BatchLog(session.layout["rank"])  # which samples went into each step
+        self.loaders = LoaderWatch(self.batches, session.skip_samples)
+        self.inputs = InputFingerprints(self.batches)
 
     # -- installation -------------------------------------------------------------------
 
@@ -125,7 +131,10 @@ class TorchRecorder(GuardedHooks):
         self.session.set_framework("torch", torch.__version__)
         if optimizers_may_exist:
             gc.collect()  # optimizers that are already garbage must not turn off per-backward recording
-            self.optimizer_exists = next(self._live_optimizers(), None) is not None
+            live = list(self._live_optimizers())
+            self.optimizer_exists = bool(live)
+            for optimizer in live:
+                self._watch_inputs(optimizer)
         self._handles.append(register_optimizer_step_pre_hook(self._guard(self._pre_step)))
         self._handles.append(register_optimizer_step_post_hook(self._guard(self._post_step)))
         recorder = self
@@ -149,7 +158,7 @@ class TorchRecorder(GuardedHooks):
         @functools.wraps(original_init)
         def optimizer_init(optimizer, *args, **kwargs):
             result = original_init(optimizer, *args, **kwargs)
-            recorder._guard(recorder._note_optimizer)(optimizer)
+            recorder._guard(recorder._new_optimizer)(optimizer)
             return result
 
         self._patch(torch.optim.Optimizer, "__init__", optimizer_init)
@@ -188,6 +197,9 @@ class TorchRecorder(GuardedHooks):
 
         self._patch(clip_grad, "clip_grad_norm_", clip_grad_norm_)
         self._patch(torch.nn.utils, "clip_grad_norm_", clip_grad_norm_)
+        if not self.loaders.installed:
+            self.loaders.install()
+            self.session.listeners.append(self._write_batches)
         if self not in _installed:
             _installed.append(self)
         return self
@@ -209,6 +221,12 @@ class TorchRecorder(GuardedHooks):
         if buffer is not None and buffer.index is None and buffer.steps:
             self._guard(self._fall_back)("the script ended without an optimizer step")
         self.flush()
+        self.loaders.remove()
+        self.inputs.remove()
+        if self._write_batches in self.session.listeners:
+            self.session.listeners.remove(self._write_batches)
+        if self.loaders.dropped:
+            self.session.writer.update(skipped_samples=dict(self.loaders.dropped))
         self._guard(self._check_shortfall)()
         if self in _installed:
             _installed.remove(self)
@@ -220,12 +238,19 @@ class TorchRecorder(GuardedHooks):
         self._patches.clear()
 
     def flush(self) -> None:
-        """Write every buffer's buffered steps to the run."""
+        """Write every buffer's buffered steps, and the batches of the steps, to the run."""
         for buffer in self._all_buffers():
             try:
                 buffer.flush()
             except Exception as exc:  # a failed flush must not hide the script's own outcome
                 self._report(exc, "flush")
+        self._write_batches()
+
+    def _write_batches(self, *_tables) -> None:
+        try:
+            self.batches.write(self.session.writer.append)
+        except Exception as exc:
+            self._report(exc, "flush")
 
     def _patch(self, owner: Any, attr: str, replacement: Any) -> None:
         self._patches.append((owner, attr, getattr(owner, attr)))
@@ -249,6 +274,18 @@ class TorchRecorder(GuardedHooks):
         """An optimizer of the watched parameters exists: backward passes are no longer steps."""
         if not self.optimizer_exists and self._updates_watched(optimizer):
             self.optimizer_exists = True
+
+    def _new_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """The script built an optimizer: note it, and fingerprint the inputs of the models it updates."""
+        self._note_optimizer(optimizer)
+        if self._updates_watched(optimizer):
+            self._watch_inputs(optimizer)
+
+    def _watch_inputs(self, optimizer: torch.optim.Optimizer) -> None:
+        """Fingerprint the inputs of the models ``optimizer`` updates (for steps without a DataLoader)."""
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        if not self.inputs.covers(params):  # finding the models scans the heap: once per model
+            self.inputs.attach(self.namer.roots_of(params))
 
     def _buffer(self, optimizer: torch.optim.Optimizer) -> StepBuffer | None:
         key = (  # what decides the buffer's parameters: group sizes and which ones train
@@ -377,6 +414,7 @@ class TorchRecorder(GuardedHooks):
         user_clip, self._user_clip = self._user_clip, None
         if buffer is None:
             return
+        self.batches.step(buffer.index, buffer.steps)
         ref = self._optimizers.get(id(optimizer))
         if ref is None or ref() is not optimizer:
             self._optimizers[id(optimizer)] = weakref.ref(optimizer)
@@ -459,6 +497,7 @@ class TorchRecorder(GuardedHooks):
     # -- backward passes ----------------------------------------------------------------
 
     def _before_backward(self, tensor: torch.Tensor) -> None:
+        self.batches.backward()
         buffer = self.backward_buffer
         if buffer is not None and buffer.index is None and self._gradients_reset():
             self._resets += 1
@@ -504,6 +543,8 @@ class TorchRecorder(GuardedHooks):
         loss = self._backward_loss
         if buffer.index is not None:  # a step: the next one's loss starts afresh
             self._pending_loss = None
+        if buffer.index is not None:
+            self.batches.step(buffer.index, buffer.steps)
         stats = buffer.measure()
         if self.policy is not None and buffer.index is not None:
             self._clip(buffer, stats, loss, False)

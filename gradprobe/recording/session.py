@@ -81,6 +81,7 @@ class Session:
     the adapters apply at every step. ``max_steps`` ends training with
     :class:`StopTraining` once any optimizer has taken that many steps.
     ``seed`` is noted in ``run.json`` when the launcher seeded the script.
+    ``skip_samples``: dataset indices each named DataLoader leaves out (``--skip-samples``).
     In a distributed launch rank 0 records, or every rank with ``all_ranks``,
     all into one run directory (see :mod:`gradprobe.recording.ranks`); a rank
     that does not record still clips and stops at ``max_steps``, and its
@@ -98,12 +99,14 @@ class Session:
         clip: "str | Policy | None" = None,
         seed: int | None = None,
         all_ranks: bool = False,
+        skip_samples: dict[str, frozenset[int]] | None = None,
     ):
         if max_steps is not None and max_steps < 1:
             raise GradprobeError("--max-steps must be a positive integer")
         self.policy = _as_policy(clip)
         self.sampling = sampling or Sampling()
         self.max_steps = max_steps
+        self.skip_samples = dict(skip_samples or {})
         self.layout = rank_layout()
         self.recording = records(self.layout, all_ranks)
         stem = Path(script).stem if script else "session"
@@ -137,6 +140,7 @@ class Session:
             "sampling": asdict(self.sampling),
             "max_steps": max_steps,
             "seed": seed,
+            **({"skip_samples": {name: len(s) for name, s in self.skip_samples.items()}} if skip_samples else {}),
             "world": {**self.layout, "all_ranks": all_ranks},
             "optimizers": self.optimizers,
             "layers": self.layers,

@@ -17,6 +17,8 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from gradprobe.errors import GradprobeError
+
 MAX_DEPTH = 32  # run.json nests 4 levels (layers -> layer -> shape); 32 leaves room for any future field
 MAX_DIGITS = 20  # 2**64 has 20 digits: no count, id, time or exit code in a run file is longer
 MAX_TEXT = 10_000  # characters kept of one string: a layer name, a script path, a one-line error
@@ -96,3 +98,14 @@ def _bounded(document: Any) -> Any:
             keys = value.keys() if isinstance(value, dict) else range(len(value))
             pending.extend((value, k, depth + 1) for k in keys)
     return root[0]
+
+
+def read_user_json(file: Path, max_bytes: int, label: str, missing: str) -> Any:
+    """The JSON document a user points gradprobe at; ``GradprobeError`` ``"LABEL: MISSING"`` when there
+    is no such file and ``"LABEL: <problem>"`` when it cannot be read."""
+    try:
+        return read_json_file(file, max_bytes)
+    except FileNotFoundError:
+        raise GradprobeError(f"{label}: {missing}") from None
+    except JSONFileError as exc:
+        raise GradprobeError(f"{label}: {exc}") from None

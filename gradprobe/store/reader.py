@@ -173,7 +173,7 @@ def _first_line(exc: Exception) -> str:
 
 
 class Run:
-    """A recorded run: ``meta`` (run.json), ``steps``, ``layers`` and ``layer_table``."""
+    """A recorded run: ``meta`` (run.json), ``steps``, ``layers``, ``batches`` and ``layer_table``."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -198,6 +198,12 @@ class Run:
                                  f"{', '.join(map(str, unknown))} missing from {META_FILE} 'layers'")
         frame["name"] = pd.Categorical.from_codes(codes, categories=pd.Index(names))
         return frame
+
+    @cached_property
+    def batches(self) -> pd.DataFrame:
+        """One row per batch that went into an optimizer step: which loader, which samples
+        (see :mod:`gradprobe.store.schema`); empty when the run recorded none."""
+        return read_table(self.path, "batches")
 
     @cached_property
     def layer_table(self) -> pd.DataFrame:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from gradprobe.errors import GradprobeError
-from gradprobe.store.json_file import JSONFileError, MiB, read_json_file
+from gradprobe.store.json_file import MiB, read_user_json
 from gradprobe.store.writer import write_json_atomic
 
 RECOMMENDATION_FILE = "recommendation.json"
@@ -36,12 +36,8 @@ def load_recommended_spec(path: str | os.PathLike) -> str:
     file = Path(path)
     if file.is_dir():
         file = file / RECOMMENDATION_FILE
-    try:
-        document = read_json_file(file, MAX_RECOMMENDATION_BYTES)
-    except FileNotFoundError:
-        raise GradprobeError(f"{file}: not found (write one with `gradprobe recommend RUN`)") from None
-    except JSONFileError as exc:
-        raise GradprobeError(f"{file}: {exc}") from None
+    document = read_user_json(file, MAX_RECOMMENDATION_BYTES, str(file),
+                              "not found (write one with `gradprobe recommend RUN`)")
     recommendations = document.get("recommendations") if isinstance(document, dict) else None
     if not isinstance(recommendations, list) or not recommendations:
         raise GradprobeError(f"{file}: expected a non-empty 'recommendations' list")

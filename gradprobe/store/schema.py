@@ -28,6 +28,16 @@ per sampled step, one row per task (``task``, ``other`` empty, ``norm``: L2 of
 that task's gradient on the shared parameters, ``cosine`` NaN) and one row per
 pair of tasks (``task``, ``other``, ``cosine``: cosine similarity of their
 gradients, ``norm`` NaN), with ``step``, ``optimizer``, ``rank`` and ``time``.
+
+``batches`` parts hold one row per batch that went into an optimizer step (several
+rows for a step with gradient accumulation or several loaders): ``step``,
+``optimizer``, ``rank``, ``loader`` (the DataLoader's variable name, or empty for
+a batch seen only as the model's input), ``epoch`` (how many times that loader had
+been iterated before, from 0), ``kind`` (``indices``: dataset indices the sampler
+yielded; ``positions``: sample positions in the epoch of an ``IterableDataset``;
+``fingerprint``: no DataLoader), ``first`` and ``count`` (the smallest index or
+position and the number of samples) and ``samples`` (the indices or positions as
+ranges, ``4480-4543`` or ``3,17,40-47``; for a fingerprint, its text).
 """
 
 from __future__ import annotations
@@ -73,6 +83,17 @@ COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
         ("other", "string"),
         ("norm", "float32"),
         ("cosine", "float32"),
+    ),
+    "batches": (
+        ("step", "int64"),
+        ("optimizer", "int16"),
+        ("rank", "int16"),
+        ("loader", "string"),
+        ("epoch", "int32"),
+        ("kind", "string"),
+        ("first", "int64"),
+        ("count", "int64"),
+        ("samples", "string"),
     ),
 }
 
