@@ -1,5 +1,7 @@
 """The first clip spec recommend bets on, against thresholds computed by hand from synthetic histories."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -40,3 +42,40 @@ def test_trouble_from_the_start_falls_back_to_the_common_default():
                         evidence={"optimizer": 0}, advice="")
     spec, why = first_choice(stream_of(norms), [explosion])
     assert spec == "global-norm:max=1" and "from the start" in why and "10 healthy steps" in why
+
+
+SELF_CLIPPING = """
+import json, sys, torch
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+opt = torch.optim.SGD(model.parameters(), lr=0.05)
+layers = []
+for step in range(40):
+    opt.zero_grad()
+    x = torch.randn(16, 6) * (1 + step % 3)
+    model(x).pow(2).mean().backward()
+    layers.append([torch.linalg.vector_norm(p.grad).item() for p in model.parameters()])
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 0.2)
+    opt.step()
+json.dump(layers, open(sys.argv[1], "w"))
+"""
+
+
+def test_per_layer_what_if_undoes_the_scripts_own_clip(tmp_path, write_script):
+    from conftest import run_cli
+
+    import gradprobe
+    from gradprobe.policies import parse_spec, replay_run
+
+    write_script(SELF_CLIPPING)
+    result = run_cli("profile", "--quiet", "--every", "1", "--out", "runs", "--name", "r", "train.py", "norms.json",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    before_clip = np.asarray(json.loads((tmp_path / "norms.json").read_text()))  # per step, per parameter
+    run = gradprobe.load_run(tmp_path / "runs" / "r")
+    assert (run.steps["clip_threshold"] == 0.2).all() and (run.steps["clip_scale"] < 1).mean() > 0.5
+    cap = float(np.median(before_clip.max(axis=1)))
+    replay = replay_run(parse_spec(f"layer-norm:max={cap}"), run)
+    expected = before_clip.max(axis=1) > cap  # the candidate alone, on the gradients before the script's clip
+    assert np.array_equal(replay.clipped[replay.evaluated], expected)
+    assert expected.mean() not in (0.0, 1.0)
