@@ -11,9 +11,9 @@ import json
 import pytest
 
 from gradprobe.store.sample_ranges import format_ranges, parse_ranges
-from tests.conftest import run_cli
+from tests.conftest import require, run_cli
 
-torch = pytest.importorskip("torch")
+torch = require("torch")
 from torch.utils.data import BatchSampler, DataLoader, Dataset, IterableDataset, SequentialSampler  # noqa: E402
 
 import gradprobe  # noqa: E402

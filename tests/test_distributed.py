@@ -93,7 +93,7 @@ def test_nproc_per_node_records_rank_zero_with_the_reduced_gradient(tmp_path):
     run = only_run(tmp_path / "runs")
     assert run.meta["status"] == "finished"
     assert run.meta["world"]["world_size"] == 2
-    assert sorted(p.name.split("-")[1] for p in (run.path / "parts").iterdir()) == ["r0", "r0"]
+    assert {p.name.split("-")[1] for p in (run.path / "parts").iterdir()} == {"r0"}  # rank 1 writes nothing
     assert_norms_match(recorded_norms(run, 0), expected_norms(STEPS, reduce=True))
 
 
@@ -146,7 +146,7 @@ def test_fsdp_shards_combine_into_the_unsharded_norms(tmp_path):
     assert result.returncode == 0, result.stderr
     run = only_run(tmp_path / "runs")
     assert run.meta["world"]["sharded"] is True
-    assert sorted(p.name.split("-")[1] for p in (run.path / "parts").iterdir()) == ["r0", "r0", "r1", "r1"]
+    assert {p.name.split("-")[1] for p in (run.path / "parts").iterdir()} == {"r0", "r1"}  # each rank its shard
     assert set(run.steps["rank"]) == {0}  # one row per step, the ranks' shards combined
     assert_norms_match(recorded_norms(run, 0), expected_norms(STEPS, reduce=True))
     reference = make_model()

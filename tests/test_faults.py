@@ -422,7 +422,7 @@ def test_dataloader_workers_neither_record_nor_duplicate(tmp_path, mode):
     run = only_run(tmp_path / "runs")
     assert list(run.steps["step"]) == list(range(16))  # 2 epochs of 8 batches, each once
     assert sorted(run.layers["step"].unique()) == list(range(0, 16, 10))
-    assert all(re.fullmatch(r"(steps|layers)-r0-\d{6}\.parquet", p.name) for p in (run.path / "parts").iterdir())
+    assert all(re.fullmatch(r"(steps|layers|batches)-r0-\d{6}\.parquet", p.name) for p in (run.path / "parts").iterdir())
 
 
 @pytest.mark.slow

@@ -125,11 +125,10 @@ for step in range(60):
     opt.zero_grad()
     torch.nn.functional.mse_loss(model(x), y).backward()
     if step == 20:
-        with open("disk/filler", "wb") as filler:
+        with open("disk/filler", "wb", buffering=0) as filler:  # unbuffered: nothing left to fail on close
             try:
                 while True:
                     filler.write(bytes(1 << 16))
-                    filler.flush()
             except OSError:
                 pass
     opt.step()

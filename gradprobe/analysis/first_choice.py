@@ -70,19 +70,20 @@ def trouble_start(stream: Stream, findings: Sequence[Finding]) -> tuple[int | No
 
 
 def first_choice(stream: Stream, findings: Sequence[Finding]) -> tuple[str, str] | None:
-    """The spec to try first for ``stream`` and its reason in one sentence (None: no finite norms)."""
+    """The spec to try first for ``stream`` and its reason in one sentence (None: no finite norm above
+    zero, as when the script's clip saw no parameters, so there is no history to read a threshold from)."""
     steps = stream.steps[~stream.steps["skipped"].to_numpy()]
     norms = steps["global_norm"].to_numpy(dtype=np.float64)
-    finite = np.isfinite(norms)
-    if not finite.any():
+    usable = np.isfinite(norms) & (norms > 0)
+    if not usable.any():
         return None
     start, mark = trouble_start(stream, findings)
     if start is None:
-        cap = GUARD * float(norms[finite].max())
+        cap = GUARD * float(norms[usable].max())
         return (f"global-norm:max={spec_number(cap)}",
-                f"No spike, jump or explosion in {int(finite.sum())} steps: clipping has nothing to fix here; "
+                f"No spike, jump or explosion in {int(usable.sum())} steps: clipping has nothing to fix here; "
                 f"this guard at {GUARD:g}x the largest norm never fires on this run and only stops a future blow-up.")
-    healthy = norms[finite & (steps["step"].to_numpy() < start)]
+    healthy = norms[usable & (steps["step"].to_numpy() < start)]
     if healthy.size < MIN_HEALTHY:
         return (f"global-norm:max={spec_number(FALLBACK)}",
                 f"Trouble from the start ({mark}, {healthy.size} healthy steps before it): no healthy history to "
