@@ -57,6 +57,7 @@ def _unclipped_metric(seed: int) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # some thirty short trainings
 def test_the_outcome_benchmark_trains_every_policy_and_summarises_it(tmp_path):
     benchmark = _benchmark()
     script = tmp_path / "tiny.py"

@@ -3,23 +3,20 @@ have been clipped already (by the script or by gradprobe), and a tune may have m
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from gradprobe.store.streams import Stream
-
-if TYPE_CHECKING:
-    from gradprobe.tuning.measured import MeasuredTune
 
 REPLAY_CAVEAT = ("A what-if replays the recorded steps: training under a spec would have taken another path, so it "
                  "shows what the spec does to these steps, not how training would end; gradprobe tune measures that.")
 
 
 def what_if_notes(streams: Sequence[Stream], meta: Mapping[str, Any],
-                  tunes: Sequence[MeasuredTune] = ()) -> list[str]:
+                  tunes: Sequence[Any] = ()) -> list[str]:
     """The replay caveat, one sentence per optimizer whose steps were clipped when recorded, and one
-    per tune of this run."""
+    per tune of this run (``gradprobe.tuning.measured.MeasuredTune``: its ``summary()``)."""
     return [REPLAY_CAVEAT, *_clipped_notes(streams, meta), *(tune.summary() for tune in tunes)]
 
 
