@@ -8,7 +8,6 @@ to by default) and shows what those trials measured beside the what-if.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +15,10 @@ from typing import Sequence
 
 from gradprobe.errors import GradprobeError
 from gradprobe.policies import parse_spec
+from gradprobe.store.json_file import JSONFileError, MiB, read_json_file
 
 TUNE_FILE = "tune.json"
+MAX_TUNE_BYTES = 64 * MiB  # a tune of hundreds of trials is well under 1 MiB
 
 
 @dataclass(frozen=True)
@@ -101,8 +102,8 @@ def _canonical(spec: str | None) -> str | None:
 
 def _read(file: Path) -> dict | None:
     try:
-        document = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        document = read_json_file(file, MAX_TUNE_BYTES)
+    except (OSError, JSONFileError):
         return None
     return document if isinstance(document, dict) else None
 
