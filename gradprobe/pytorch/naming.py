@@ -7,8 +7,9 @@ DataParallel / ``torch.compile`` wrappers, and names each parameter by its
 path in its root (``features.0.weight``). When several roots own recorded
 parameters, each name is prefixed with the variable the script bound the root
 to (``netG.main.0.weight``), or its class name when no variable is found.
-Parameters owned by no module are named after the variable that holds them,
-else ``param.<group>.<index>``.
+Parameters owned by no module are named by the string key of a dict that holds
+them (``torch.func.functional_call``'s ``{name: tensor}``), else after the
+variable bound to them, else ``<list>.<index>``, else ``param.<index>``.
 """
 
 from __future__ import annotations
@@ -83,6 +84,42 @@ def variable_names(targets: Mapping[int, object]) -> dict[int, str]:
     return found
 
 
+CONTAINER_SCAN = 4096  # dicts and lists longer than this are not searched for loose parameters
+
+
+def held_names(targets: Mapping[int, object]) -> dict[int, str]:
+    """Names for tensors owned by no module, from the user frames that hold them: the string key of a
+    dict holding them (``torch.func``'s ``params = {name: tensor}``, prefixed with the dict's variable
+    when two dicts use the same key), else the variable bound to them, else ``<list variable>.<index>``.
+    The result is ordered: dict entries in their dict's order first."""
+    keyed: dict[int, tuple[str, str]] = {}
+    direct: dict[int, str] = {}
+    listed: dict[int, str] = {}
+    for frame in _user_frames():
+        for scope in (frame.f_locals, frame.f_globals):
+            for var, value in list(scope.items()):
+                if var.startswith("_") or var == "self":
+                    continue
+                if id(value) in targets:
+                    direct.setdefault(id(value), var)
+                elif isinstance(value, dict) and len(value) <= CONTAINER_SCAN:
+                    for key, item in list(value.items()):
+                        if isinstance(key, str) and id(item) in targets:
+                            keyed.setdefault(id(item), (var, key))
+                elif isinstance(value, (list, tuple)) and len(value) <= CONTAINER_SCAN:
+                    for i, item in enumerate(value):
+                        if id(item) in targets:
+                            listed.setdefault(id(item), f"{var}.{i}")
+    holders: dict[str, set[str]] = {}
+    for var, key in keyed.values():
+        holders.setdefault(key, set()).add(var)
+    found = {pid: key if len(holders[key]) == 1 else f"{var}.{key}" for pid, (var, key) in keyed.items()}
+    for names in (direct, listed):
+        for pid, name in names.items():
+            found.setdefault(pid, name)
+    return found
+
+
 class ParamNamer:
     """Resolves parameters to :class:`ParamName`; explicit ``models`` skip the discovery."""
 
@@ -135,8 +172,9 @@ class ParamNamer:
             by_label[label] = root
         self._index(by_label, prefix=len(owners) > 1)
         loose = {id(p): p for p in params if id(p) not in self._names}
-        for pid, var in variable_names(loose).items():
-            self._names[pid] = ParamName(var, var, (len(by_label), len(self._names)))
+        for pid, name in held_names(loose).items():
+            group = name.split(".")[0] if "." in name else name
+            self._names[pid] = ParamName(name, group, (len(by_label), len(self._names)))
 
     def _index(self, roots: Mapping[str, torch.nn.Module], prefix: bool) -> None:
         for r, (label, root) in enumerate(roots.items()):
