@@ -253,9 +253,9 @@ GUARDED_CLIP_LOOP = LOOP.replace(
     "        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=max_norm)\n"
     "    # update\n")
 
-# The CIFAR example itself (its conditional clip at --max-norm 0.5), shortened to 6 small batches.
+# The CIFAR example itself (its conditional clip at --max-norm 0.5), shortened to 12 small batches.
 CIFAR_EXAMPLE = (EXAMPLES / "cifar_sgd_torch.py").read_text()
-CIFAR_EXAMPLE_SHORT = CIFAR_EXAMPLE.replace('"--steps", type=int, default=120', '"--steps", type=int, default=6') \
+CIFAR_EXAMPLE_SHORT = CIFAR_EXAMPLE.replace('"--steps", type=int, default=120', '"--steps", type=int, default=12') \
     .replace('"--batch-size", type=int, default=64', '"--batch-size", type=int, default=8')
 
 # Runs scripts under a recorder: after every backward, each optimizer's gradients as
