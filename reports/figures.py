@@ -19,6 +19,7 @@ import pandas as pd
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import LogFormatter
 
 from gradprobe.analysis import Finding, Stream, parse_groups
 from gradprobe.analysis.groups import assign_groups
@@ -52,6 +53,28 @@ class Plot:
         FigureCanvasAgg(self.figure)
         self.figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
         return buffer.getvalue()
+
+
+class PlainLogFormatter(LogFormatter):
+    """Log-axis tick labels as plain numbers (0.2, 2, 100; 1e+05 far from 1) instead of 2×10⁰;
+    which ticks get a label is still matplotlib's choice."""
+
+    def __call__(self, x, pos=None):
+        return f"{x:g}" if super().__call__(x, pos) else ""
+
+
+def log_axis(ax, axis: str = "y") -> None:
+    """Put ``axis`` of ``ax`` on a log scale with :class:`PlainLogFormatter` labels."""
+    (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    target.set_major_formatter(PlainLogFormatter())
+    target.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.4)))
+
+
+def _legend_below(ax, entries: int) -> None:
+    """The legend under the axes, so it never covers a line."""
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.16), ncols=min(3, max(1, entries)),
+              frameon=False)
 
 
 def _new_figure(width: float, height: float, **kwargs) -> Figure:
@@ -107,10 +130,10 @@ def _norm_axes(ax, report: Report, stream: Stream, thresholds: dict[str, tuple[n
     _mark_findings(ax, [f for f in report.findings if f.evidence.get("optimizer") == stream.optimizer],
                    stream.first_step, stream.last_step)
     if np.isfinite(positive).any():
-        ax.set_yscale("log")
+        log_axis(ax)
     ax.set_xlabel("step")
     ax.set_ylabel("gradient L2 norm")
-    ax.legend(fontsize=7, loc="best")
+    _legend_below(ax, len(ax.get_legend_handles_labels()[1]))
     ax.set_title(mpl(f"global gradient norm, {optimizer_label(report.run, stream.optimizer)}"), fontsize=10)
 
 
@@ -120,7 +143,7 @@ def _loss_axes(ax, stream: Stream) -> None:
     _plot_envelope(ax, steps, loss, "#ff7f0e", "loss")
     finite = loss[np.isfinite(loss)]
     if finite.size and finite.min() > 0 and finite.max() / finite.min() > 100:
-        ax.set_yscale("log")
+        log_axis(ax)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title("loss", fontsize=10)
@@ -186,7 +209,7 @@ def distribution_plot(stream: Stream) -> Plot:
     ax = figure.subplots()
     if keep:
         ax.bxp(keep, orientation="horizontal", showfliers=False, patch_artist=False)
-        ax.set_xscale("log")
+        log_axis(ax, "x")
         ax.invert_yaxis()
         if len(keep) > MAX_TICK_LABELS:
             every = -(-len(keep) // MAX_TICK_LABELS)
@@ -209,16 +232,17 @@ def flow_plot(stream: Stream) -> Plot:
     ax = figure.subplots()
     ax.fill_between(depth, p10, p90, color="#1f77b4", alpha=0.2, linewidth=0, label="10th-90th percentile")
     vector = stream.is_vector
-    ax.plot(depth, p50, color="#1f77b4", linewidth=1.0)
-    ax.plot(depth[~vector], p50[~vector], "o", color="#1f77b4", markersize=4, label="median, weights")
-    ax.plot(depth[vector], p50[vector], "o", mfc="none", color="#1f77b4", markersize=4,
+    # weights and biases/vectors as two lines: biases sit far below their weights, and one line
+    # through both would zig-zag at every layer
+    ax.plot(depth[~vector], p50[~vector], "o-", color="#1f77b4", linewidth=1.0, markersize=4, label="median, weights")
+    ax.plot(depth[vector], p50[vector], "o--", mfc="none", color="#ff7f0e", linewidth=0.8, markersize=4,
             label="median, biases/vectors")
     if np.isfinite(p50).any():
-        ax.set_yscale("log")
+        log_axis(ax)
     _layer_ticks(ax, stream.names, "x")
     ax.set_ylabel("gradient L2 norm")
     ax.set_xlabel("layer (input to output)")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return Plot("Gradient flow: median norm by depth",
                 "Median gradient norm of each layer over the sampled steps, from input (left) to output "
                 "(right); a steady fall towards the input is vanishing gradient flow.", figure)
@@ -236,10 +260,10 @@ def group_plot(stream: Stream, groups: Sequence[str] = ()) -> Plot | None:
         for ax, values in zip(axes, (norm, rms)):
             ax.plot(stream.sampled, 10 ** values[:, k], linewidth=1.0, label=mpl(name))
     for ax, label in zip(axes, ("group gradient L2 norm", "per-parameter RMS (norm / sqrt(numel))")):
-        ax.set_yscale("log")
+        log_axis(ax)
         ax.set_xlabel("step")
         ax.set_ylabel(label)
-        ax.legend(fontsize=7)
+        _legend_below(ax, len(names))
     return Plot("Layer groups over time",
                 "Gradient of each layer group (the --group patterns, or the top-level modules) at the sampled "
                 "steps: L2 norm (left) and per-parameter RMS (right), which the imbalance check compares.",
@@ -256,12 +280,12 @@ def task_plot(tasks: pd.DataFrame) -> Plot:
         right.plot(series.index, series.to_numpy(np.float64), linewidth=1.0, marker=".", label=mpl(pair))
     right.axhline(0, color="black", linewidth=0.6)
     right.set_ylim(-1.05, 1.05)
-    left.set_yscale("log")
+    log_axis(left)
     left.set_ylabel("task gradient L2 norm")
     right.set_ylabel("cosine similarity")
     for ax in (left, right):
         ax.set_xlabel("step")
-        ax.legend(fontsize=7)
+        _legend_below(ax, len(ax.get_legend_handles_labels()[1]))
     return Plot("Task gradients on the shared parameters",
                 "Each task's gradient on the shared parameters (gradprobe.task_gradients): L2 norm (left) and "
                 "cosine similarity of each pair (right; below 0 the tasks pull the shared weights apart).",

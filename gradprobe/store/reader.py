@@ -299,3 +299,20 @@ def resolve_run(ref: str | None, root: str | os.PathLike = DEFAULT_ROOT) -> Run:
     if not candidate.exists():
         raise RunFormatError(f"{ref}: no such run directory")
     return Run(candidate)
+
+
+def resolve_runs(refs: Sequence[str], root: str | os.PathLike = DEFAULT_ROOT) -> list[Run]:
+    """:func:`resolve_run` for each of ``refs`` (none: the latest run); a directory of runs that is
+    no run itself, such as a ``gradprobe tune`` directory, stands for every run in it, oldest first."""
+    runs: list[Run] = []
+    for ref in refs or [None]:
+        if ref is not None:
+            candidate = Path(ref) if Path(ref).exists() else Path(root) / ref
+            if candidate.is_dir() and not (candidate / META_FILE).exists():
+                inside = list_runs(candidate)
+                if not inside:
+                    raise RunFormatError(f"{ref}: neither a run directory nor a directory of runs")
+                runs += inside
+                continue
+        runs.append(resolve_run(ref, root))
+    return runs
