@@ -157,9 +157,11 @@ def update_ratio_stats(stream: Stream) -> dict | None:
 
 def noise_stats(run: Run, stream: Stream) -> dict | None:
     """The gradient noise scale of ``stream``'s accumulating steps (:mod:`gradprobe.analysis.noise_scale`):
-    the latest estimate with its advice, and ``over_time`` (B_simple per step); None without one."""
+    the latest estimate with its advice, and ``over_time`` (B_simple at the steps that have one); None
+    without one."""
     frame = noise.noise_scale(run.noise, stream.optimizer, run.batches)
     latest = noise.summary(frame)
     if latest is None:
         return None
-    return {**latest, "over_time": frame["b_simple"].to_numpy(dtype=np.float64)}
+    b_simple = frame["b_simple"].to_numpy(dtype=np.float64)
+    return {**latest, "over_time": b_simple[np.isfinite(b_simple)]}  # NaN: no gradient signal above the noise yet

@@ -36,7 +36,7 @@ def test_recorded_micro_batch_norms_match_per_sample_gradients(tmp_path):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
     accumulate, expected = 4, []
-    with gradprobe.watch(model, out=tmp_path, every=5) as recording:
+    with gradprobe.watch(model, out=tmp_path, every=2) as recording:
         micro = []
         for i, (xb, yb) in enumerate(loader):
             w = model.weight.detach().reshape(-1).clone()
@@ -49,11 +49,12 @@ def test_recorded_micro_batch_norms_match_per_sample_gradients(tmp_path):
                                  torch.stack(micro).sum(0).square().sum().item()))
                 micro = []
     noise = recording.load().noise
-    # the first step is not measured: micro-batch norms start once the optimizer is known
-    assert noise["step"].tolist() == list(range(1, len(expected)))
+    # sampled steps only, from the second: micro-batch norms start once the optimizer is known
+    measured = list(range(2, len(expected), 2))
+    assert noise["step"].tolist() == measured
     assert (noise["micro_batches"] == accumulate).all()
-    assert noise["micro_sq"].to_numpy() == pytest.approx([e[0] for e in expected[1:]], rel=1e-4)
-    assert noise["total_sq"].to_numpy() == pytest.approx([e[1] for e in expected[1:]], rel=1e-4)
+    assert noise["micro_sq"].to_numpy() == pytest.approx([expected[s][0] for s in measured], rel=1e-4)
+    assert noise["total_sq"].to_numpy() == pytest.approx([expected[s][1] for s in measured], rel=1e-4)
     frame = noise_scale(noise, 0, recording.load().batches)
     assert (frame["micro_batch_size"] == 8).all()
 
@@ -90,7 +91,7 @@ def test_end_to_end_noise_scale_of_linear_regression(tmp_path):
     sampler = torch.utils.data.RandomSampler(range(SAMPLES), replacement=True, num_samples=16 * 4 * 300,
                                              generator=torch.Generator().manual_seed(4))
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16, sampler=sampler)
-    with gradprobe.watch(model, out=tmp_path, every=100) as recording:
+    with gradprobe.watch(model, out=tmp_path, every=1) as recording:
         for i, (xb, yb) in enumerate(loader):
             torch.nn.functional.mse_loss(model(xb).reshape(-1), yb).backward()
             if (i + 1) % 4 == 0:

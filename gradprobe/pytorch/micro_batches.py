@@ -4,12 +4,13 @@ With gradient accumulation (several ``backward()`` calls per optimizer step, eac
 on a batch of its own), what a backward pass adds to the gradients is the
 gradient of one micro-batch. :class:`MicroBatchNorms` measures its squared L2
 norm as the change of the accumulated ``.grad``: before the second and later
-passes it copies the gradients (one fused copy into a scratch buffer kept while
-accumulation goes on), after each such pass it subtracts the new gradients in
+passes it copies the gradients (one fused copy into a scratch buffer freed at
+the optimizer step), after each such pass it subtracts the new gradients in
 place and takes two fused norms (the difference, and the accumulated gradient).
 The first pass's contribution is the gradient it leaves behind. A step with a
 single backward pass costs nothing. Everything stays on the device until the
-buffer's flush writes ``noise`` rows (:mod:`gradprobe.store.schema`).
+buffer's flush writes ``noise`` rows (:mod:`gradprobe.store.schema`). The recorder
+measures the steps that record per-layer statistics (every ``--every`` steps).
 
 Both norms are read right after the backward passes, in the same units (before
 ``GradScaler`` unscales and before any clipping), so their ratio is exact
@@ -62,7 +63,7 @@ class MicroBatchNorms:
         grads = self._grads()
         if self.passes == 1:
             self._micro_sq = foreach_norms(grads, 2.0, self.device).square().sum()
-        if [(t.shape, t.dtype, t.device) for t in self._scratch] != [(g.shape, g.dtype, g.device) for g in grads]:
+        if len(self._scratch) != len(grads):
             self._scratch = [torch.empty_like(g) for g in grads]
         torch._foreach_copy_(self._scratch, grads)
 
@@ -89,6 +90,7 @@ class MicroBatchNorms:
         of the passes since the last step, or None (fewer than two passes, or left out); starts
         the next step."""
         passes, self.passes = self.passes, 0
+        self._scratch = []  # held only within a measured step
         if passes < 2 or not self.valid or self._total_sq is None:
             return None
         return passes, self._micro_sq / passes, self._total_sq

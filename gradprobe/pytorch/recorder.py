@@ -454,12 +454,13 @@ class TorchRecorder(GuardedHooks):
             buffer.note_micro_batches(measured)
 
     def _micro_batch_params(self) -> list[torch.Tensor] | None:
-        """The parameters whose micro-batch gradients are measured: those of the one optimizer that
-        steps (none with several optimizers, before the first step, across ranks or with shards)."""
+        """The parameters whose micro-batch gradients are measured in the step under way: those of the
+        one optimizer that steps, on its sampled steps (none with several optimizers, before the first
+        step, across ranks or with shards)."""
         if len(self.buffers) != 1 or self.session.layout["world_size"] > 1:
             return None
         buffer = next(iter(self.buffers.values()))
-        if buffer.weights is not None:
+        if buffer.weights is not None or not buffer.sampled:
             return None
         if self.micro.device != buffer.device:
             self.micro = MicroBatchNorms(buffer.device)

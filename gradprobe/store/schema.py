@@ -46,7 +46,7 @@ parameter (after minus before). Divided by that step's ``param_norm`` it is the
 update-to-weight ratio (``Run.updates`` adds it as ``ratio``).
 
 ``noise`` parts (PyTorch steps with gradient accumulation) hold one row per
-optimizer step that accumulated several backward passes: ``step``, ``optimizer``,
+sampled optimizer step that accumulated several backward passes: ``step``, ``optimizer``,
 ``rank``, ``micro_batches`` (the backward passes, K), ``micro_sq`` (the mean over
 them of the squared L2 norm of what each pass added to the gradients) and
 ``total_sq`` (the squared L2 norm of the accumulated gradient, the sum of those
