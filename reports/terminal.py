@@ -114,7 +114,7 @@ def _streams(report: Report, console: Console) -> None:
         if scale:
             console.print(f"  noise scale {sparkline(scale['over_time'], SPARK_WIDTH)}  B_simple "
                           f"{fmt(scale['b_simple'])} {scale['unit']} at step {scale['step']} "
-                          f"({scale['steps']} accumulating steps): {escape(scale['advice'])}")
+                          f"({scale['steps']} measured steps): {escape(scale['advice'])}")
 
 
 def _tasks(report: Report, console: Console) -> None:
