@@ -1,4 +1,5 @@
-"""Machine-readable report: ``{"run": {...}, "findings": [...], "recommendations": [...]}``."""
+"""Machine-readable report: ``{"run": {...}, "findings": [...], "recommendations": [...], "what_if_notes":
+[...], "tunes": [...]}``."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ def report_document(report: Report) -> dict[str, Any]:
         "run": plain(report.run.meta),
         "findings": [finding.to_dict() for finding in report.findings],
         "recommendations": [plain(r.to_dict()) for r in report.recommendations],
+        "what_if_notes": report.what_if_notes,
+        "tunes": [plain(tune.to_dict()) for tune in report.tunes],
     }
     signals = [signal for signal in map(lambda stream: _signals(report, stream), report.streams) if signal]
     if signals:

@@ -17,8 +17,10 @@ from gradprobe.analysis import noise_scale as noise
 from gradprobe.analysis.update_ratio import RULE_OF_THUMB, ratios
 from gradprobe.analysis.recommend import STRATEGIES, Recommendation, recommend
 from gradprobe.analysis.task_conflict import read_tasks, task_cosines, task_norms
+from gradprobe.analysis.what_if_notes import what_if_notes
 from gradprobe.reports.progress import Stages, quiet_stages
 from gradprobe.store import Run
+from gradprobe.tuning.measured import MeasuredTune, measured_text, tunes_from
 
 
 def global_norm_stats(steps: pd.DataFrame) -> dict[str, float]:
@@ -61,6 +63,17 @@ class Report:
     recommendations: list[Recommendation] = field(default_factory=list)
     tasks: pd.DataFrame | None = None  # per-task gradient norms and cosines (``gradprobe.task_gradients``)
     groups: Sequence[str] = ()  # the user's ``NAME=GLOB`` layer groups (default: top-level modules)
+    tunes: list[MeasuredTune] = field(default_factory=list)  # ``gradprobe tune --from`` this run, oldest first
+
+    @property
+    def what_if_notes(self) -> list[str]:
+        """What to know to read the what-if: the replay caveat, clipping already in the recorded steps,
+        and what each tune of this run measured."""
+        return what_if_notes(self.streams, self.run.meta, self.tunes)
+
+    def measured(self, rec: Recommendation) -> str | None:
+        """The latest tune's measured score of ``rec``'s spec (None: no tune tried it)."""
+        return measured_text(self.tunes, rec.spec, rec.optimizer)
 
     @property
     def name(self) -> str:
@@ -91,7 +104,7 @@ def build_report(run: Run, groups: Sequence[str] = (), stages: Stages | None = N
         name_batches(findings, run.batches, str(run.path), Path(run.meta.get("script") or "train.py").name)
     with stages.stage("replaying clip recommendations"):
         recommendations = recommend(streams, findings, strategies, percentile)
-    return Report(run, streams, findings, recommendations, tasks, tuple(groups))
+    return Report(run, streams, findings, recommendations, tasks, tuple(groups), tunes_from(run.path))
 
 
 def optimizer_label(run: Run, optimizer: int) -> str:

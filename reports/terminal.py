@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from rich.console import Console
 from rich.table import Table
@@ -134,23 +134,31 @@ def _tasks(report: Report, console: Console) -> None:
     console.print(table)
 
 
-def render_recommendations(recommendations: Sequence[Recommendation], console: Console | None = None) -> None:
-    """Print the recommendations as a table: spec, what-if numbers, rationale."""
+def render_recommendations(recommendations: Sequence[Recommendation], console: Console | None = None,
+                           notes: Sequence[str] = (), measured: Callable[[Recommendation], str | None] | None = None
+                           ) -> None:
+    """Print the recommendations as a table: spec, what-if numbers, the score a tune measured (when
+    ``measured`` knows one), rationale; then ``notes``, what to know to read the what-if."""
     console = console or stdout_console()
     if not recommendations:
         console.print("No recommendation: the run has no usable gradient norms.")
         return
+    scores = [measured(rec) if measured else None for rec in recommendations]
+    columns = [("spec", "left"), ("clipped", "right"), ("mean scale", "right"), ("min scale", "right")]
+    columns += [("measured by tune", "right")] if any(scores) else []
     table = Table(title="clip recommendations (what-if on the recorded steps)", title_justify="left")
-    for column, justify in (("spec", "left"), ("clipped", "right"), ("mean scale", "right"),
-                            ("min scale", "right"), ("rationale", "left")):
+    for column, justify in columns + [("rationale", "left")]:
         table.add_column(column, justify=justify, overflow="fold", ratio=3 if column == "rationale" else None,
                          no_wrap=column == "spec")
-    for rec in recommendations:
+    for rec, score in zip(recommendations, scores):
         row = rec.to_dict()
         spec = row["spec"] + (f" (optimizer {row['optimizer']})" if "optimizer" in row else "")
-        table.add_row(escape(spec), f"{row['clipped_fraction']:.1%}", fmt(row["mean_scale"]),
-                      fmt(row["min_scale"]), escape(row["rationale"]))
+        cells = [escape(spec), f"{row['clipped_fraction']:.1%}", fmt(row["mean_scale"]), fmt(row["min_scale"])]
+        cells += [escape(score or "-")] if any(scores) else []
+        table.add_row(*cells, escape(row["rationale"]))
     console.print(table)
+    for note in notes:
+        console.print(f"[dim]{escape(note)}[/dim]")
 
 
 def _layers(report: Report, console: Console) -> None:
@@ -185,7 +193,7 @@ def render_report(report: Report, console: Console | None = None) -> None:
     _streams(report, console)
     _tasks(report, console)
     if report.recommendations:
-        render_recommendations(report.recommendations, console)
+        render_recommendations(report.recommendations, console, report.what_if_notes, report.measured)
     _layers(report, console)
 
 
