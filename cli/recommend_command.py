@@ -47,10 +47,12 @@ def recommend(
     from gradprobe.analysis import STRATEGIES, diagnose, recommend as recommend_specs, split_streams
     from gradprobe.analysis.findings import plain_json
     from gradprobe.analysis.recommend import first_choices, save_recommendations
+    from gradprobe.analysis.what_if_notes import what_if_notes
     from gradprobe.reports.progress import stages
     from gradprobe.reports.suggest import clip_commands
     from gradprobe.reports.terminal import render_recommendations
     from gradprobe.store import resolve_run
+    from gradprobe.tuning.measured import measured_text, tunes_from
 
     target = resolve_run(run, root)
     chosen = [s.value for s in strategy] or list(STRATEGIES)
@@ -71,7 +73,9 @@ def recommend(
     if as_json:
         print(json.dumps({"recommendations": [plain_json(r.to_dict()) for r in recommendations]}, indent=2))
     else:
-        render_recommendations(recommendations)
+        tunes = tunes_from(target.path)
+        render_recommendations(recommendations, notes=what_if_notes(streams, target.meta, tunes),
+                               measured=lambda rec: measured_text(tunes, rec.spec, rec.optimizer))
     print(f"gradprobe: wrote {visible(path)}", file=sys.stderr)
     if recommendations and target.meta.get("script"):
         args = (target.meta.get("argv") or [None])[1:]

@@ -86,9 +86,12 @@ def _attachments(session: Session) -> dict[str, Callable[[object], None]]:
             return
         attached_tensorflow.append(module)
         keras = sys.modules.get("keras")
-        if keras is not None and keras.backend.backend() != "tensorflow":
-            print(f"gradprobe: Keras uses the {keras.backend.backend()} backend; gradprobe records Keras "
-                  "with the tensorflow backend, so the script runs unrecorded", file=sys.stderr)
+        backend = keras.backend.backend() if keras is not None else "tensorflow"
+        if backend == "torch":
+            return  # Keras imported torch: the PyTorch hooks record it
+        if backend != "tensorflow":
+            print(f"gradprobe: Keras uses the {backend} backend; gradprobe records Keras with the tensorflow "
+                  "or torch backend, so the script runs unrecorded", file=sys.stderr)
             return
         try:
             from gradprobe.tensorflow import TFRecorder

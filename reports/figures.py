@@ -5,7 +5,8 @@ the recommended thresholds and the findings marked on the time axis) beside
 the loss; a layer-by-step heatmap of log10 norms; per-layer norm
 distributions; and the gradient flow (median norm by depth). With two or more
 layer groups, each group's norm over time; with per-task gradients, their norms
-and cosines over time.
+and cosines over time. With measured updates, each layer's update-to-weight
+ratio over time; with gradient accumulation, the gradient noise scale.
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ from gradprobe.analysis import Finding, Stream, parse_groups
 from gradprobe.analysis.groups import assign_groups
 from gradprobe.analysis.imbalance import group_levels
 from gradprobe.analysis.robust import bin_medians, log10_norms, quiet
+from gradprobe.analysis.noise_scale import noise_scale
 from gradprobe.analysis.task_conflict import task_cosines, task_norms
+from gradprobe.analysis.update_ratio import ratios
 from gradprobe.reports.escape import mpl
 from gradprobe.reports.series import envelope
-from gradprobe.reports.summary import Report, optimizer_label
+from gradprobe.reports.summary import Report, noise_stats, optimizer_label, update_ratio_stats
 
 MAX_POINTS = 1500
 MAX_HEATMAP_COLUMNS = 400
@@ -292,10 +295,55 @@ def task_plot(tasks: pd.DataFrame) -> Plot:
                 figure)
 
 
+MAX_RATIO_LINES = 12
+
+
+def update_ratio_plot(stream: Stream) -> Plot | None:
+    """Update-to-weight ratio of each layer at the sampled steps (the largest ones when there are
+    many), against the ~1e-3 rule of thumb; None without measured updates."""
+    grid, stats = ratios(stream), update_ratio_stats(stream)
+    if grid is None or stats is None:
+        return None
+    figure = _new_figure(12, 4)
+    ax = figure.subplots()
+    order = np.argsort(-np.nan_to_num(stats["layers"], nan=-np.inf))[:MAX_RATIO_LINES]
+    for j in order:
+        ax.plot(stream.sampled, grid[:, j], linewidth=1.0, label=mpl(stream.names[j]))
+    ax.axhline(stats["rule_of_thumb"], color="black", linestyle="--", linewidth=0.8, label="rule of thumb 1e-3")
+    if np.isfinite(grid).any() and np.nanmax(grid) > 0:
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("|update| / |weight|")
+    ax.legend(fontsize=7, ncol=2)
+    return Plot("Update-to-weight ratio per layer",
+                f"How far each optimizer step moved each layer, relative to its norm, at the sampled steps "
+                f"(the {len(order)} largest layers by median); about 1e-3 is the usual healthy level.", figure)
+
+
+def noise_plot(report: Report, stream: Stream) -> Plot | None:
+    """The gradient noise scale B_simple over the accumulating steps, beside the batch size."""
+    stats = noise_stats(report.run, stream)
+    if stats is None:
+        return None
+    frame = noise_scale(report.run.noise, stream.optimizer, report.run.batches)
+    figure = _new_figure(12, 4)
+    ax = figure.subplots()
+    ax.plot(frame["step"], frame["b_simple"], linewidth=1.0, label="B_simple (EMA)")
+    ax.axhline(stats["batch"], color="black", linestyle="--", linewidth=0.8, label="batch size")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"{stats['unit']}")
+    ax.legend(fontsize=7)
+    return Plot("Gradient noise scale",
+                f"B_simple = tr(cov) / |G|^2 from the micro-batch and accumulated gradients (McCandlish et al. "
+                f"2018), an estimate of the critical batch size: {stats['advice']}.", figure)
+
+
 def stream_plots(report: Report, stream: Stream,
                  thresholds: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> list[Plot]:
     """Every figure of one optimizer stream (per-layer figures only when layers were sampled)."""
     plots = [norm_plot(report, stream, thresholds or {})]
     if len(stream.sampled) and len(stream.names):
         plots += [heatmap_plot(stream), distribution_plot(stream), flow_plot(stream)]
+    plots += [plot for plot in (update_ratio_plot(stream), noise_plot(report, stream)) if plot is not None]
     return plots

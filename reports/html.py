@@ -15,6 +15,7 @@ from gradprobe.reports.chart_data import chart_data
 from gradprobe.reports.figures import Plot, distribution_plot, flow_plot, group_plot, task_plot
 from gradprobe.reports.progress import Stages, quiet_stages
 from gradprobe.reports.summary import Report, clip_stats, global_norm_stats, layer_stats, loss_stats, optimizer_label
+from gradprobe.reports.summary import noise_stats, update_ratio_stats
 from gradprobe.reports.terminal import fmt, step_range
 
 STYLE = """
@@ -106,6 +107,12 @@ def _run_section(report: Report) -> str:
         if clip:
             text += (f"; recorded clipping at {fmt(clip['threshold_median'])} fired on "
                      f"{clip['clipped_fraction']:.1%} of steps")
+        updates = update_ratio_stats(stream)
+        if updates:
+            text += f"; update/weight ratio median {fmt(updates['median'])} per step (rule of thumb ~1e-3)"
+        scale = noise_stats(report.run, stream)
+        if scale:
+            text += f"; gradient noise scale B_simple {fmt(scale['b_simple'])} {scale['unit']}: {scale['advice']}"
         rows.append([escape(optimizer_label(report.run, stream.optimizer)), escape(text)])
     return _table(["run", escape(report.name)], rows)
 
@@ -132,11 +139,17 @@ def _recommendations_section(report: Report) -> str:
 
 def _layers_section(report: Report) -> str:
     stats = layer_stats(report.run)
+    ratio = {}
+    for stream in report.streams:
+        updates = update_ratio_stats(stream)
+        if updates:
+            ratio.update(zip(stream.layer_ids.tolist(), updates["layers"]))
     rows = [[escape(str(r["name"])), escape(str(r["group"])), f"{r.numel:,}", fmt(r["median"]), fmt(r.p95),
-             fmt(r["max"]), f'<span class="critical">{r.nonfinite}</span>' if r.nonfinite else "0"]
-            for _, r in stats.iterrows()]
-    return "<h2>Layers (input to output)</h2>" + _table(
-        ["layer", "group", "numel", "median", "p95", "max", "non-finite"], rows, numeric=(2, 3, 4, 5, 6))
+             fmt(r["max"]), f'<span class="critical">{r.nonfinite}</span>' if r.nonfinite else "0",
+             *([fmt(float(ratio.get(layer_id, float("nan"))))] if ratio else [])]
+            for layer_id, r in stats.iterrows()]
+    header = ["layer", "group", "numel", "median", "p95", "max", "non-finite"] + (["update/weight"] if ratio else [])
+    return "<h2>Layers (input to output)</h2>" + _table(header, rows, numeric=tuple(range(2, len(header))))
 
 
 def _script_json(value) -> str:

@@ -72,13 +72,17 @@ def _norms_section(report: Report) -> list[str]:
 def _recommendations_section(report: Report) -> list[str]:
     if not report.recommendations:
         return []
+    scores = [report.measured(rec) for rec in report.recommendations]
+    measured = any(scores)
     rows = []
-    for rec in report.recommendations:
+    for rec, score in zip(report.recommendations, scores):
         row = rec.to_dict()
         rows.append([f"`{row['spec']}`", f"{row['clipped_fraction']:.1%}", fmt(row["mean_scale"]),
-                     fmt(row["min_scale"]), md(row["rationale"])])
+                     fmt(row["min_scale"]), *([md(score or "-")] if measured else []), md(row["rationale"])])
+    header = ["spec", "clipped", "mean scale", "min scale", *(["measured by tune"] if measured else []), "rationale"]
     return ["### Clip recommendations", "",
-            *table(["spec", "clipped", "mean scale", "min scale", "rationale"], rows, "lrrrl"), ""]
+            *table(header, rows, "lrrr" + ("r" if measured else "") + "l"), "",
+            *(f"- {md(note)}" for note in report.what_if_notes), ""]
 
 
 def _tasks_section(report: Report) -> list[str]:

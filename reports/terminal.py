@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from rich.console import Console
 from rich.table import Table
@@ -14,7 +14,7 @@ from gradprobe.analysis import Recommendation
 from gradprobe.reports.escape import terminal as escape
 from gradprobe.reports.sparkline import sparkline
 from gradprobe.reports.summary import Report, clip_stats, global_norm_stats, layer_stats, loss_stats, optimizer_label
-from gradprobe.reports.summary import task_stats
+from gradprobe.reports.summary import noise_stats, task_stats, update_ratio_stats
 from gradprobe.store import Run
 
 _STATUS_STYLE = {"finished": "green", "running": "cyan", "crashed": "red", "interrupted": "yellow"}
@@ -106,6 +106,15 @@ def _streams(report: Report, console: Console) -> None:
         if clip:
             console.print(f"  clipping at {fmt(clip['threshold_median'])} fired on {clip['clipped_fraction']:.1%} "
                           f"of {clip['steps']} steps, mean scale {fmt(clip['mean_scale'])}")
+        updates = update_ratio_stats(stream)
+        if updates:
+            console.print(f"  update/weight {sparkline(updates['over_time'], SPARK_WIDTH)}  median over layers "
+                          f"{fmt(updates['median'])} per step (rule of thumb ~{updates['rule_of_thumb']:g})")
+        scale = noise_stats(report.run, stream)
+        if scale:
+            console.print(f"  noise scale {sparkline(scale['over_time'], SPARK_WIDTH)}  B_simple "
+                          f"{fmt(scale['b_simple'])} {scale['unit']} at step {scale['step']} "
+                          f"({scale['steps']} measured steps): {escape(scale['advice'])}")
 
 
 def _tasks(report: Report, console: Console) -> None:
@@ -125,23 +134,31 @@ def _tasks(report: Report, console: Console) -> None:
     console.print(table)
 
 
-def render_recommendations(recommendations: Sequence[Recommendation], console: Console | None = None) -> None:
-    """Print the recommendations as a table: spec, what-if numbers, rationale."""
+def render_recommendations(recommendations: Sequence[Recommendation], console: Console | None = None,
+                           notes: Sequence[str] = (), measured: Callable[[Recommendation], str | None] | None = None
+                           ) -> None:
+    """Print the recommendations as a table: spec, what-if numbers, the score a tune measured (when
+    ``measured`` knows one), rationale; then ``notes``, what to know to read the what-if."""
     console = console or stdout_console()
     if not recommendations:
         console.print("No recommendation: the run has no usable gradient norms.")
         return
+    scores = [measured(rec) if measured else None for rec in recommendations]
+    columns = [("spec", "left"), ("clipped", "right"), ("mean scale", "right"), ("min scale", "right")]
+    columns += [("measured by tune", "right")] if any(scores) else []
     table = Table(title="clip recommendations (what-if on the recorded steps)", title_justify="left")
-    for column, justify in (("spec", "left"), ("clipped", "right"), ("mean scale", "right"),
-                            ("min scale", "right"), ("rationale", "left")):
+    for column, justify in columns + [("rationale", "left")]:
         table.add_column(column, justify=justify, overflow="fold", ratio=3 if column == "rationale" else None,
                          no_wrap=column == "spec")
-    for rec in recommendations:
+    for rec, score in zip(recommendations, scores):
         row = rec.to_dict()
         spec = row["spec"] + (f" (optimizer {row['optimizer']})" if "optimizer" in row else "")
-        table.add_row(escape(spec), f"{row['clipped_fraction']:.1%}", fmt(row["mean_scale"]),
-                      fmt(row["min_scale"]), escape(row["rationale"]))
+        cells = [escape(spec), f"{row['clipped_fraction']:.1%}", fmt(row["mean_scale"]), fmt(row["min_scale"])]
+        cells += [escape(score or "-")] if any(scores) else []
+        table.add_row(*cells, escape(row["rationale"]))
     console.print(table)
+    for note in notes:
+        console.print(f"[dim]{escape(note)}[/dim]")
 
 
 def _layers(report: Report, console: Console) -> None:
@@ -155,12 +172,16 @@ def _layers(report: Report, console: Console) -> None:
                                 ("max", "right"), ("non-finite", "right"), ("over time", "left")):
             table.add_column(column, justify=justify, overflow="fold" if column == "layer" else None,
                              no_wrap=column == "over time")
+        updates = update_ratio_stats(stream)
+        if updates:
+            table.add_column("update/weight", justify="right")
         norms = stream.matrix("norm")
         for j, layer_id in enumerate(stream.layer_ids):
             row = stats.loc[layer_id]
             nonfinite = f"[red]{row.nonfinite}[/red]" if row.nonfinite else "0"
             table.add_row(escape(str(row["name"])), f"{row.numel:,}", fmt(row["median"]), fmt(row.p95),
-                          fmt(row["max"]), nonfinite, sparkline(norms[:, j], LAYER_SPARK_WIDTH))
+                          fmt(row["max"]), nonfinite, sparkline(norms[:, j], LAYER_SPARK_WIDTH),
+                          *([fmt(float(updates["layers"][j]))] if updates else []))
         console.print(table)
 
 
@@ -172,7 +193,7 @@ def render_report(report: Report, console: Console | None = None) -> None:
     _streams(report, console)
     _tasks(report, console)
     if report.recommendations:
-        render_recommendations(report.recommendations, console)
+        render_recommendations(report.recommendations, console, report.what_if_notes, report.measured)
     _layers(report, console)
 
 

@@ -100,14 +100,21 @@ def test_falling_norms_are_not_an_explosion(tmp_path):
 def test_layer_explosion_names_the_layer(tmp_path):
     n = 400
     layers = healthy_layers(n)
-    layers[:, 2] *= np.where(np.arange(n) < 200, 1.0, 1.04 ** np.clip(np.arange(n) - 200, 0, None))
+    level = 0.05 * 8
+    # dec.weight: flat (noise far under the 3x band), then 1.05x per step from step 201
+    layers[:, 2] = noisy(n, level, 0.001, 7) * 1.05 ** np.clip(np.arange(n) - 201, 0, None)
     write_run(tmp_path, "run", noisy(n), layers, LAYERS, shapes=SHAPES)
     finding = kinds(diagnose(load(tmp_path)))["explosion"]
-    assert finding.layers == ["dec.weight"]
-    assert finding.evidence["global"] is False
-    assert finding.steps[1] == n - 1
-    # the layer's own noise (0.1 decades) puts its crossing of the 3x band between 1.04^24 and 1.04^40
-    assert 200 + 24 <= finding.steps[0] <= 200 + 40
+    assert (finding.kind, finding.layers, finding.evidence["global"]) == ("explosion", ["dec.weight"], False)
+    # first above 3x its baseline at 1.05^23 = 3.07 (1.05^22 = 2.93), step 224: the start of a 2-step bin
+    departure = 201 + math.ceil(math.log(3) / math.log(1.05))
+    assert finding.steps == (departure, n - 1) and finding.evidence["departure_step"] == departure
+    logs = np.log10(layers[:, 2].astype(np.float32).astype(np.float64))
+    assert finding.evidence["baseline_norm"] == pytest.approx(10 ** np.median(logs[:80]), rel=1e-6)
+    assert finding.evidence["final_norm"] == pytest.approx(10 ** np.median(logs[-40:]), rel=1e-6)
+    assert finding.evidence["peak_norm"] == pytest.approx(layers[-1, 2], rel=1e-6)
+    assert finding.severity == "critical"  # peak 1.05^198 over the baseline, far past 1,000x
+    assert finding.evidence["slope_decades_per_1k_steps"] == pytest.approx(1000 * math.log10(1.05), rel=0.01)
 
 
 @pytest.mark.parametrize("factor, severity", [(50.0, "warning"), (5.0, "info"), (5000.0, "critical")])
@@ -154,6 +161,8 @@ def test_nonfinite_origin_is_first_layer_in_backward_order(tmp_path):
     assert finding.severity == "critical"
     assert finding.steps == (50, 99)
     assert finding.layers == ["dec.weight", "enc.bias", "enc.weight"]
+    assert finding.evidence["first_layer_step"] == 50
+    assert "the loss was finite, so the backward pass made it: it starts in dec.weight" in finding.advice
     assert finding.evidence["nonfinite_steps"] == 50
     assert finding.evidence["last_finite_norm"] == pytest.approx(norms[49], rel=1e-6)
     assert finding.evidence["first_loss_nonfinite_step"] is None
@@ -165,8 +174,12 @@ def test_nonfinite_loss_first_points_at_the_forward_pass(tmp_path):
     norms[30:], loss[29:] = np.nan, np.nan
     write_run(tmp_path, "run", norms, loss=loss)
     finding = kinds(diagnose(load(tmp_path)))["nonfinite"]
+    assert (finding.severity, finding.layers, finding.steps) == ("critical", [], (30, 59))
     assert finding.evidence["first_loss_nonfinite_step"] == 29
-    assert "forward pass" in finding.advice
+    assert (finding.evidence["nonfinite_steps"], finding.evidence["applied_steps"]) == (30, 30)
+    assert finding.evidence["last_finite_norm"] == pytest.approx(norms[29], rel=1e-6)
+    assert "step 29, so it came from that step's batch or the forward pass" in finding.advice
+    assert "gradprobe run --clip zclip:z=2.5+skip:sigma=6 synthetic.py" in finding.advice
 
 
 @pytest.mark.parametrize("overflows, severity", [(2, "info"), (20, "warning")])
@@ -177,8 +190,11 @@ def test_skipped_overflows_are_info_or_warning(tmp_path, overflows, severity):
     norms[where], skipped[where] = np.inf, True
     write_run(tmp_path, "run", norms, skipped=skipped)
     finding = kinds(diagnose(load(tmp_path)))["nonfinite"]
-    assert finding.severity == severity
+    assert (finding.severity, finding.layers, finding.steps) == (severity, [], (where[0], where[-1]))
     assert finding.evidence["applied_steps"] == 0
+    assert (finding.evidence["nonfinite_steps"], finding.evidence["skipped_steps"]) == (overflows, overflows)
+    assert finding.evidence["fraction"] == pytest.approx(overflows / 200)
+    assert ("GradScaler(init_scale" in finding.advice) is (severity == "warning")
 
 
 def _levels_to_norms(levels, numel, n, seed=0):
@@ -197,7 +213,8 @@ def test_attenuation_from_output_to_input(tmp_path, step, severity):
     rms = np.log10(np.median(norms, axis=0) / 8)
     expected = np.median(rms[-2:]) - np.median(rms[:2])
     assert finding.evidence["attenuation_decades"] == pytest.approx(expected, abs=1e-3)
-    assert finding.severity == severity
+    assert finding.evidence["depth_slope_decades_per_layer"] == pytest.approx(step, abs=0.01)
+    assert (finding.severity, finding.steps) == (severity, (0, 49))
     weak = [names[j] for j in range(6) if rms[j] <= np.median(rms[-2:]) - 2]
     assert finding.layers == weak and "l0.weight" in weak
 
@@ -209,8 +226,9 @@ def test_layer_far_below_the_rest(tmp_path, low_layer, severity):
     norms = _levels_to_norms(levels, [64, 8, 64, 8], 50)
     write_run(tmp_path, "run", noisy(50), norms, LAYERS, shapes=SHAPES, groups=["net"] * 4)
     finding = kinds(diagnose(load(tmp_path)))["vanishing"]
-    assert finding.severity == severity
-    assert finding.layers == [low_layer]
+    assert (finding.severity, finding.layers, finding.steps) == (severity, [low_layer], (0, 49))
+    rms = np.median(np.log10(norms.astype(np.float32)), axis=0) - 0.5 * np.log10([64, 8, 64, 8])
+    assert finding.evidence["max_below_rest_decades"] == pytest.approx(np.median(rms) - rms.min(), abs=1e-4)
 
 
 def test_layer_share_decaying_over_the_run(tmp_path):
@@ -219,15 +237,26 @@ def test_layer_share_decaying_over_the_run(tmp_path):
     norms[:, 0] *= np.logspace(0, -3, n)
     write_run(tmp_path, "run", noisy(n), norms, LAYERS, shapes=SHAPES, groups=["net"] * 4)
     finding = kinds(diagnose(load(tmp_path)))["vanishing"]
-    assert finding.layers == ["enc.weight"]
-    assert finding.evidence["max_decay_decades"] > 2
+    assert (finding.severity, finding.layers, finding.steps) == ("warning", ["enc.weight"], (0, n - 1))
+    share = np.log10(norms[:, 0].astype(np.float32)) - np.log10(noisy(n).astype(np.float32))
+    decay = np.median(share[:40]) - np.median(share[-40:])  # first and last 20% of the sampled steps
+    assert decay > 2 and finding.evidence["max_decay_decades"] == pytest.approx(decay, abs=1e-4)
 
 
 @pytest.mark.parametrize("loss_end, expect", [(1.95, True), (0.2, False)])
 def test_global_decay_is_vanishing_only_while_loss_is_stuck(tmp_path, loss_end, expect):
     n = 200
-    write_run(tmp_path, "run", noisy(n) * np.logspace(0, -4, n), loss=np.linspace(2.0, loss_end, n))
-    assert ("vanishing" in kinds(diagnose(load(tmp_path)))) is expect
+    norms, loss = noisy(n) * np.logspace(0, -4, n), np.linspace(2.0, loss_end, n)
+    write_run(tmp_path, "run", norms, loss=loss)
+    finding = kinds(diagnose(load(tmp_path))).get("vanishing")
+    assert (finding is not None) is expect
+    if expect:
+        assert (finding.severity, finding.layers, finding.steps) == ("warning", [], (0, n - 1))
+        logs, loss32 = np.log10(norms.astype(np.float32)), loss.astype(np.float32).astype(np.float64)
+        assert finding.evidence["global_decay_decades"] == pytest.approx(
+            np.median(logs[:40]) - np.median(logs[-40:]), abs=1e-4)
+        start, end = np.median(loss32[:40]), np.median(loss32[-40:])
+        assert finding.evidence["loss_improvement"] == pytest.approx((start - end) / start, rel=1e-5)
 
 
 def test_dead_layers_absent_zero_and_died(tmp_path):
@@ -242,7 +271,20 @@ def test_dead_layers_absent_zero_and_died(tmp_path):
     assert finding.layers == ["enc.weight", "enc.bias", "dec.weight"]
     assert (finding.evidence["absent"], finding.evidence["all_zero"], finding.evidence["died"]) == (1, 1, 1)
     assert finding.evidence["param_fraction"] == pytest.approx((64 + 8 + 64) / 144)
-    assert finding.severity == "critical"
+    assert (finding.severity, finding.steps, finding.evidence["sampled_steps"]) == ("critical", (0, 99), 100)
+    assert "stopped receiving gradient from step 70" in finding.advice
+    assert "gradprobe run --clip zclip:z=2.5+skip:sigma=6 synthetic.py" in finding.advice
+
+
+def test_a_layer_that_dies_is_dated_from_its_death(tmp_path):
+    n = 100
+    norms = healthy_layers(n)
+    norms[60:, 2:] = 0.0  # dec.weight and dec.bias die at step 60 (40% of the run)
+    write_run(tmp_path, "run", noisy(n), norms, LAYERS, shapes=SHAPES)
+    finding = kinds(diagnose(load(tmp_path)))["dead_layer"]
+    assert (finding.severity, finding.layers, finding.steps) == ("critical", ["dec.weight", "dec.bias"], (60, 99))
+    assert (finding.evidence["absent"], finding.evidence["all_zero"], finding.evidence["died"]) == (0, 0, 2)
+    assert finding.evidence["param_fraction"] == pytest.approx(72 / 144)
 
 
 def _clip_case(tmp_path, norms, threshold, post=None):
@@ -309,18 +351,41 @@ def test_clipping_that_never_fires(tmp_path):
     assert (far.layers, far.steps) == ([], (0, 99))
     assert far.evidence["clipped_fraction"] == 0.0
     assert far.evidence["max_norm_over_threshold"] == pytest.approx(norms.max() / 100, rel=1e-5)
+    spec = f"global-norm:max={np.percentile(norms.astype(np.float32), 95):.3g}"
+    assert f"gradprobe run --clip {spec} synthetic.py" in far.advice and "gradprobe tune synthetic.py" in far.advice
 
 
 def test_clipping_that_never_fires_near_the_norms_is_info(tmp_path):
     norms = noisy(100)
-    assert _clip_case(tmp_path, norms, float(norms.max()) * 1.2).severity == "info"
+    finding = _clip_case(tmp_path, norms, float(norms.max()) * 1.2)
+    assert (finding.severity, finding.layers, finding.steps) == ("info", [], (0, 99))
+    assert finding.evidence["max_norm_over_threshold"] == pytest.approx(1 / 1.2, rel=1e-5)
+
+
+def test_the_guard_recommend_proposes_for_a_healthy_run_never_draws_a_warning(tmp_path):
+    norms = noisy(200)
+    write_run(tmp_path, "plain", norms, loss=np.linspace(3.0, 1.0, 200))
+    (first,) = [r for r in gradprobe.analysis.recommend(split_streams(load(tmp_path, "plain")))
+                if r.strategy == "first-choice"]
+    guard = float(first.spec.removeprefix("global-norm:max="))
+    assert guard == pytest.approx(2 * norms.astype(np.float32).max(), rel=1e-3)
+    # rerun under that guard, with norms whose largest comes out 30% lower: a net that was not needed
+    rerun = 0.7 * norms
+    write_run(tmp_path, "guarded", rerun, clip_threshold=np.full(200, guard), clip_scale=np.ones(200),
+              loss=np.linspace(3.0, 1.0, 200))
+    finding = kinds(diagnose(load(tmp_path, "guarded")))["clip_saturation"]
+    assert (finding.severity, finding.steps, finding.evidence["clipped_fraction"]) == ("info", (0, 199), 0.0)
+    assert finding.evidence["max_norm_over_threshold"] == pytest.approx(0.7 / 2, rel=1e-3)
+    assert "nothing to change" in finding.advice
 
 
 def test_clipping_given_no_parameters(tmp_path):
     norms = noisy(100)
     finding = _clip_case(tmp_path, np.zeros(100), 1.0, post=norms)
-    assert finding.severity == "critical"
+    assert (finding.severity, finding.layers, finding.steps) == ("critical", [], (0, 99))
+    assert (finding.evidence["empty_fraction"], finding.evidence["threshold"]) == (1.0, 1.0)
     assert finding.evidence["median_post_norm"] == pytest.approx(np.median(norms), rel=1e-5)
+    assert "gradprobe run --clip global-norm:max=1 synthetic.py" in finding.advice
 
 
 def test_occasional_clipping_is_fine(tmp_path):
@@ -337,8 +402,12 @@ def test_imbalance_between_recorded_groups(tmp_path):
     ratio = rms([0, 1], 72) / rms([2, 3], 72)
     assert finding.evidence["ratio_median"] == pytest.approx(np.median(ratio), rel=1e-4)
     assert finding.layers == ["dec.weight", "dec.bias"]
-    assert finding.severity == "warning"
+    assert (finding.severity, finding.steps, finding.evidence["fraction"]) == ("warning", (0, n - 1), 1.0)
+    rms_enc = np.median(np.log10(rms([0, 1], 72).astype(np.float64)))
+    assert finding.evidence["rms:enc"] == pytest.approx(10**rms_enc, rel=1e-4)
     assert finding.evidence["rms:enc"] > finding.evidence["rms:dec"]
+    spec = f"layer-norm:max={np.percentile(norms[:, 2:].astype(np.float32), 95):.3g}"
+    assert f"gradprobe run --clip {spec} synthetic.py" in finding.advice
 
 
 def test_imbalance_with_user_groups_and_its_start(tmp_path):
@@ -349,7 +418,7 @@ def test_imbalance_with_user_groups_and_its_start(tmp_path):
     run = load(tmp_path)
     assert "imbalance" not in kinds(diagnose(run))
     finding = kinds(diagnose(run, ["a=enc.*", "b=dec.*"]))["imbalance"]
-    assert finding.steps == (100, 199)
+    assert (finding.severity, finding.layers, finding.steps) == ("warning", ["dec.weight", "dec.bias"], (100, 199))
     assert finding.evidence["fraction"] == pytest.approx(0.5)
 
 

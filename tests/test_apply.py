@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +23,8 @@ from gradprobe.errors import GradprobeError
 from gradprobe.source_patch import PatchRefused, SourcePatch, patch_source
 from conftest import run_cli
 from writeup_snippets import CLIP_HELPER
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 def patch(source: str, spec: str) -> str:
@@ -241,6 +244,18 @@ for epoch in range(1):
         running_loss += loss.item()
 '''
 
+# The CIFAR example's shape: the script clips behind a condition, at a threshold (0.01) that
+# clips every step; once a policy is applied, that policy alone must be in force.
+GUARDED_CLIP_LOOP = LOOP.replace(
+    "    # update\n",
+    "    max_norm = 0.01\n"
+    "    if max_norm > 0:\n"
+    "        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=max_norm)\n"
+    "    # update\n")
+
+# The CIFAR example itself (its conditional clip at --max-norm 0.5).
+CIFAR_EXAMPLE = (EXAMPLES / "cifar_sgd_torch.py").read_text()
+
 # Runs scripts under a recorder: after every backward, each optimizer's gradients as
 # computed (before any clipping); before every optimizer step, the gradients it receives.
 HARNESS = '''\
@@ -307,6 +322,7 @@ TORCH_CASES = [
     ("two-optimizers", GAN_LOOP, "autoclip:p=50"),
     ("mistaken-clip", MISTAKEN_CLIP_LOOP, "global-norm:max=5"),
     ("clip-helper", CLIP_HELPER_LOOP, "global-norm:max=1"),
+    ("guarded-clip", GUARDED_CLIP_LOOP, "global-norm:max=1"),
 ]
 # Which backward calls each case steps after (default: every one), and its GradScaler's constant scale.
 ACCUMULATE = {"accumulation": 4}
@@ -354,7 +370,7 @@ def clip_global(grads, max_norm: float, norm: float) -> list[np.ndarray]:
 
 def expected_clipped(spec: str, pre: list[np.ndarray], history: list[float]) -> list[np.ndarray]:
     """``pre`` clipped by ``spec``; ``history`` holds this optimizer's pre-clip norms so far, the current one last."""
-    if spec in ("global-norm:max=1", "global-norm:max=5"):
+    if spec.startswith("global-norm:max=") and "," not in spec:
         return clip_global(pre, float(spec.split("=")[1]), global_l2(pre))
     if spec == "global-norm:max=0.5,norm=inf":
         return clip_global(pre, 0.5, max(float(np.abs(g).max()) for g in pre))
@@ -622,6 +638,37 @@ def test_existing_clip_before_the_step_is_updated_not_duplicated():
     assert removed == ["    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)  # was 5"]
     assert added[-1] == "    norm = _gradprobe_clip(model.parameters())[0]  # was 5"
     assert after.count("_gradprobe_clip(") == 1 and "# keep the gradients sane\n    norm =" in after
+
+
+def test_a_clip_behind_a_condition_is_replaced_by_the_policy_on_every_step():
+    patched = patch_source(CIFAR_EXAMPLE, "global-norm:max=2.05", "cifar_sgd_torch.py")
+    removed, added = changed_lines(CIFAR_EXAMPLE, patched.after)
+    assert removed == ["        if args.max_norm > 0:",
+                       "            torch.nn.utils.clip_grad_norm_(params, max_norm=args.max_norm)"]
+    assert added == ["        torch.nn.utils.clip_grad_norm_(params, max_norm=2.05)"]
+    line = CIFAR_EXAMPLE.splitlines().index("        if args.max_norm > 0:") + 1
+    assert patched.notes == [f"cifar_sgd_torch.py:{line}: the clip behind `if args.max_norm > 0:` was replaced "
+                             f"by {patched.spec}, which now clips on every step"]
+    assert patch_source(patched.after, "global-norm:max=2.05", "cifar_sgd_torch.py").after == patched.after
+    # Another kind of policy replaces the guarded call the same way.
+    removed, added = changed_lines(CIFAR_EXAMPLE, patch(CIFAR_EXAMPLE, "autoclip:p=10"))
+    assert removed[:2] == ["        if args.max_norm > 0:",
+                           "            torch.nn.utils.clip_grad_norm_(params, max_norm=args.max_norm)"]
+    assert "        _gradprobe_clip(params)" in added
+
+
+@pytest.mark.parametrize("block", [
+    "    if clip:\n        torch.nn.utils.clip_grad_norm_(m.parameters(), 1)\n        print(1)\n",
+    "    if clip:\n        torch.nn.utils.clip_grad_norm_(m.parameters(), 1)\n    else:\n        pass\n",
+    "    with ctx:\n        torch.nn.utils.clip_grad_norm_(m.parameters(), 1)\n",
+])
+def test_a_clip_in_a_block_with_other_code_is_refused_with_its_line(block):
+    source = ("import torch\nopt = torch.optim.SGD(m.parameters())\nfor x in y:\n    loss.backward()\n"
+              + block + "    opt.step()\n")
+    message = refusal(source, "global-norm:max=2")
+    assert message.startswith("train.py:5: this block clips before `opt.step()` along with other code, so its "
+                              "clip would stay in force beside the applied one"), message
+    assert "\n" not in message
 
 
 def test_mistaken_optimizer_clip_call_is_replaced_by_the_real_one():

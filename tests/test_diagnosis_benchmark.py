@@ -43,6 +43,17 @@ def test_judge_checks_severity_layers_and_first_step():
     assert mild["found"] is False
 
 
+def test_judge_checks_labelled_evidence():
+    case = {"script": "x.py", "expect": [{"kind": "nonfinite", "min_severity": "critical",
+                                          "evidence": {"first_loss_nonfinite_step": None}}]}
+    backward = finding("nonfinite", "critical") | {"evidence": {"first_loss_nonfinite_step": None}}
+    data = finding("nonfinite", "critical") | {"evidence": {"first_loss_nonfinite_step": 37}}
+    assert bench.judge(case, [backward])["expected"][0]["evidence_ok"] is True
+    assert bench.judge(case, [data])["expected"][0]["evidence_ok"] is False
+    summary = bench.score([bench.judge(case, [backward]), bench.judge(case, [data])])
+    assert summary["evidence_accuracy"] == 0.5
+
+
 def test_score_counts_recall_precision_and_false_alarms():
     labelled = {"script": "p.py", "expect": [{"kind": "spike", "min_severity": "warning"}]}
     results = [
@@ -75,6 +86,7 @@ def test_fast_subset_runs_end_to_end(tmp_path):
     assert all(r["exit_code"] == 0 for r in results)
     (nan,) = by_script["nan_batch.py"]["expected"]
     assert nan["found"] and nan["first_step"] == 37 and nan["severity"] == "critical"
+    assert nan["evidence"] == {"first_loss_nonfinite_step": 37} and nan["evidence_ok"]  # NaN from the data
     (clip,) = by_script["clip_after_step.py"]["expected"]
     assert clip["found"] and clip["first_step"] == 0
     assert by_script["healthy_finetune_frozen_backbone.py"]["alarms"] == []

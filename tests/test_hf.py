@@ -50,14 +50,26 @@ def _args(tmp_path, **kwargs) -> "transformers.TrainingArguments":
 
 
 class UsedGradients(transformers.TrainerCallback):
-    """Listed after GradProbeCallback: the gradients right before optimizer.step(), as the update uses them."""
+    """Listed after GradProbeCallback: the gradients right before optimizer.step(), as the update uses them
+    (``used``, ``norms``), and as the step's last backward() left them, before any clipping (``pre``, read by
+    a post-accumulate hook that neither gradprobe nor the Trainer touches)."""
 
     def __init__(self):
         self.norms: list[dict[str, float]] = []
+        self.used: list[dict[str, torch.Tensor]] = []
+        self.pre: list[dict[str, torch.Tensor]] = []
+        self._accumulated: dict[str, torch.Tensor] = {}
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        for name, p in model.named_parameters():
+            p.register_post_accumulate_grad_hook(
+                lambda p, name=name: self._accumulated.update({name: p.grad.detach().clone()}))
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         self.norms.append({n: torch.linalg.vector_norm(p.grad).item()
                            for n, p in model.named_parameters() if p.grad is not None})
+        self.used.append({n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None})
+        self.pre.append(dict(self._accumulated))
 
 
 def _global(norms: dict[str, float]) -> float:
@@ -96,7 +108,12 @@ def test_records_pre_clip_norms_loss_and_the_trainers_own_clipping(tmp_path, cap
     post = [_global(norms) for norms in used.norms]
     np.testing.assert_allclose(steps["global_norm_post"], post, rtol=1e-4)
     np.testing.assert_allclose(post, np.minimum(steps["global_norm"], 0.05), rtol=1e-4)
-    assert (steps["clip_scale"] < 1).all()
+    pre = np.array([_norm(grads) for grads in used.pre])  # measured before any clipping, without gradprobe
+    np.testing.assert_allclose(steps["global_norm"], pre, rtol=1e-4)
+    assert (pre > 0.05).all() and (steps["clip_scale"] < 1).all()
+    for before, after, norm in zip(used.pre, used.used, pre):  # the update used the policy's result
+        for name, g in before.items():
+            torch.testing.assert_close(after[name], g * min(1.0, 0.05 / (norm + 1e-6)), rtol=1e-4, atol=1e-8)
 
     layers = run.layers
     for step, norms in enumerate(used.norms):
@@ -106,16 +123,33 @@ def test_records_pre_clip_norms_loss_and_the_trainers_own_clipping(tmp_path, cap
             assert row.loc[name, "norm"] * scale == pytest.approx(norm, rel=1e-4, abs=1e-9)
 
 
-def test_clip_spec_replaces_the_trainers_clipping(tmp_path):
-    probe = GradProbeCallback(out=tmp_path, every=2, clip="value:max=0.001")
-    trainer, _, used, logged = _train(tmp_path, probe, max_grad_norm=1.0)
+def _norm(grads: dict[str, torch.Tensor]) -> float:
+    return _global({n: torch.linalg.vector_norm(g).item() for n, g in grads.items()})
 
+
+def test_clip_spec_replaces_the_trainers_clipping(tmp_path, monkeypatch):
+    calls = []
+    trainer_clip = transformers.Trainer._clip_grad_norm
+    monkeypatch.setattr(transformers.Trainer, "_clip_grad_norm",
+                        lambda trainer, model: calls.append(1) or trainer_clip(trainer, model))
+    probe = GradProbeCallback(out=tmp_path, every=2, clip="value:max=0.001")
+    trainer, _, used, logged = _train(tmp_path, probe, max_grad_norm=0.01)
+
+    assert calls == []  # the Trainer's own max_grad_norm clipping was switched off for the whole train()
     run = gradprobe.load_run(probe.path)
-    assert run.meta["clip"] == "value:max=0.001" and trainer.args.max_grad_norm == 1.0
+    assert run.meta["clip"] == "value:max=0.001" and trainer.args.max_grad_norm == 0.01
+    pre = [_norm(grads) for grads in used.pre]
+    assert len(pre) == STEPS and min(pre) > 0.01  # the Trainer's clip would have changed every step
+    np.testing.assert_allclose(run.steps["global_norm"], pre, rtol=1e-4)
     np.testing.assert_allclose(run.steps["global_norm"], [e["grad_norm"] for e in logged], rtol=1e-4)
-    for norms, (_, step) in zip(used.norms, run.steps.iterrows()):
-        assert _global(norms) == pytest.approx(step["global_norm_post"], rel=1e-4)
-        assert _global(norms) < step["global_norm"]
+    np.testing.assert_allclose(run.steps["global_norm_post"], [_norm(grads) for grads in used.used], rtol=1e-4)
+    clamped = 0
+    for before, after in zip(used.pre, used.used):  # exactly the policy's result: each element clamped
+        assert before.keys() == after.keys()
+        for name, g in before.items():
+            torch.testing.assert_close(after[name], g.clamp(-0.001, 0.001), rtol=0, atol=0)
+            clamped += int((g.abs() > 0.001).sum())
+    assert clamped > 0
 
 
 class _FailAt(transformers.TrainerCallback):

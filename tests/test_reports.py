@@ -16,6 +16,7 @@ import pytest
 from rich.console import Console
 
 import gradprobe
+from gradprobe.analysis.what_if_notes import REPLAY_CAVEAT
 from gradprobe.reports.html import render_html
 from gradprobe.reports.json_report import render_json
 from gradprobe.reports.markdown import render_markdown
@@ -77,7 +78,8 @@ def check_recommendation(item: dict) -> None:
 def test_json_report_follows_the_design_schema(troubled):
     text = render_json(build_report(gradprobe.load_run(troubled)))
     document = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
-    assert set(document) == {"run", "findings", "recommendations"}
+    assert set(document) == {"run", "findings", "recommendations", "what_if_notes", "tunes"}
+    assert document["what_if_notes"][0] == REPLAY_CAVEAT and document["tunes"] == []  # no tune of this run
     assert document["run"] == json.loads((troubled / "run.json").read_text())
     for item in document["findings"]:
         check_finding(item)

@@ -76,7 +76,9 @@ def test_clip_from_recommendation_file(tmp_path, write_script):
                      cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     seen = json.loads((tmp_path / "seen.json").read_text())
-    assert all(s["post"] <= 0.25 * (1 + 1e-5) for s in seen)
+    pre = np.array([s["pre"] for s in seen])
+    assert (pre > 0.25).all()
+    np.testing.assert_allclose([s["post"] for s in seen], pre * np.minimum(1.0, 0.25 / (pre + 1e-6)), rtol=1e-5)
     assert only_run(tmp_path / "runs").meta["clip"] == "global-norm:max=0.25,norm=2"
     assert "gradprobe: clipping with global-norm:max=0.25,norm=2 (from recommendation.json)\n" in result.stderr
 
@@ -148,15 +150,24 @@ def _train(model, opt, batches, accumulate=1, scaler=None):
 
 
 class Seen:
-    """Records the gradients the optimizer receives, through a step pre-hook registered after gradprobe's."""
+    """Records the gradients the optimizer receives, through a step pre-hook registered after gradprobe's,
+    and each gradient as backward() left it, through a hook gradprobe does not touch."""
 
     def __init__(self, opt):
         self.norms = []
+        self.used: list[list[torch.Tensor]] = []
+        self.pre: list[list[torch.Tensor]] = []
+        self._accumulated: dict[int, torch.Tensor] = {}
+        self.params = [p for g in opt.param_groups for p in g["params"]]
+        for p in self.params:
+            p.register_post_accumulate_grad_hook(lambda p: self._accumulated.update({id(p): p.grad.detach().clone()}))
         self.handle = opt.register_step_pre_hook(self)
 
     def __call__(self, opt, args, kwargs):
         grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
         self.norms.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+        self.used.append([p.grad.detach().clone() for p in self.params])
+        self.pre.append([self._accumulated[id(p)] for p in self.params])
 
 
 def _batches(n=12, scale=10.0):
@@ -164,12 +175,17 @@ def _batches(n=12, scale=10.0):
     return [(torch.randn(32, 6, generator=g), scale * torch.randn(32, 1, generator=g)) for _ in range(n)]
 
 
+def scaler_scale(use_scaler: bool) -> float:
+    """The GradScaler's scale (constant over these short runs: no overflow, no growth before 2,000 steps)."""
+    return 1024.0 if use_scaler else 1.0
+
+
 @pytest.mark.parametrize("accumulate, use_scaler", [(1, False), (3, False), (1, True)])
 def test_watch_clip_applies_to_the_gradient_the_update_uses(tmp_path, accumulate, use_scaler):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(6, 12), torch.nn.ReLU(), torch.nn.Linear(12, 1))
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0) if use_scaler else None
+    scaler = torch.amp.GradScaler("cpu", init_scale=scaler_scale(True)) if use_scaler else None
     with gradprobe.watch(model, out=tmp_path, every=1, clip="layer-norm:max=0.3") as rec:
         seen = Seen(opt)
         _train(model, opt, _batches(), accumulate, scaler)
@@ -182,6 +198,12 @@ def test_watch_clip_applies_to_the_gradient_the_update_uses(tmp_path, accumulate
     np.testing.assert_allclose(seen.norms, expected_post.to_numpy(), rtol=1e-5)
     np.testing.assert_allclose(run.steps["global_norm_post"], expected_post.to_numpy(), rtol=1e-5)
     assert (layers["norm"] > 0.3).any()
+    unscale = 1 / scaler_scale(use_scaler)
+    for pre, used in zip(seen.pre, seen.used):  # each layer's gradient is the policy's result, not just bounded
+        for g, u in zip(pre, used):
+            g = g * unscale
+            torch.testing.assert_close(u, g * min(1.0, 0.3 / (float(torch.linalg.vector_norm(g)) + 1e-6)),
+                                       rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("fused", [False, True])
@@ -229,16 +251,23 @@ def test_manual_update_loop_is_clipped_after_backward(tmp_path, optimizer_garbag
     torch.manual_seed(0)
     w = torch.randn(5, requires_grad=True)
     x, y = torch.randn(64, 5), 50 * torch.randn(64)
-    norms_seen = []
+    pre, used = [], []  # the gradient as backward() accumulated it, and as the update used it
+    w.register_post_accumulate_grad_hook(lambda p: pre.append(p.grad.detach().clone()))
     with gradprobe.watch(None, out=tmp_path, clip="global-norm:max=0.1") as rec:
         for _ in range(5):
             w.grad = None
             torch.nn.functional.mse_loss(x @ w, y).backward()
-            norms_seen.append(float(torch.linalg.vector_norm(w.grad)))
+            used.append(w.grad.detach().clone())
             with torch.no_grad():
                 w.add_(w.grad, alpha=-0.1)
-    assert max(norms_seen) <= 0.1 * (1 + 1e-5)
-    assert (gradprobe.load_run(rec.path).steps["global_norm"] > 0.1).all()
+    pre_norms = np.array([float(torch.linalg.vector_norm(g)) for g in pre])
+    assert len(pre) == 5 and (pre_norms > 0.1).all()
+    for g, u, n in zip(pre, used, pre_norms):  # the policy's result, direction kept, not just a bound
+        torch.testing.assert_close(u, g * min(1.0, 0.1 / (n + 1e-6)), rtol=1e-5, atol=0)
+    steps = gradprobe.load_run(rec.path).steps
+    np.testing.assert_allclose(steps["global_norm"], pre_norms, rtol=1e-5)
+    np.testing.assert_allclose(steps["global_norm_post"], [float(torch.linalg.vector_norm(u)) for u in used],
+                               rtol=1e-5)
 
 
 def test_closure_optimizer_is_recorded_but_not_clipped_and_says_so(tmp_path, write_script):

@@ -26,6 +26,7 @@ torch = require("torch")
 from torch import nn  # noqa: E402
 
 import gradprobe  # noqa: E402
+from gradprobe.pytorch.naming import held_names  # noqa: E402
 
 TESTS_DIR = Path(__file__).resolve().parent
 RTOL = 1e-5
@@ -454,6 +455,18 @@ def test_profile_raw_leaf_tensors_without_optimizer(tmp_path, max_steps):
     # with --max-steps 4 the script ended in its 5th backward(), before writing a 5th expectation
     assert len(expected["backward"]) == (max_steps or 6)
     assert_recorded(run, expected["backward"])
+
+
+def test_loose_tensors_are_named_by_the_dict_key_that_holds_them():
+    gen = {"w": torch.zeros(1, requires_grad=True)}
+    critic = {"w": torch.zeros(1, requires_grad=True), "b": torch.zeros(1, requires_grad=True)}
+    bias = critic["b"]  # a dict key names it before a variable does
+    extra = [torch.zeros(1, requires_grad=True)]
+    alone = torch.zeros(1, requires_grad=True)
+    tensors = [gen["w"], critic["w"], bias, extra[0], alone]
+    names = held_names({id(t): t for t in tensors})
+    assert list(names.values()) == ["gen.w", "critic.w", "b", "alone", "extra.0"]
+    assert list(names) == [id(t) for t in (gen["w"], critic["w"], bias, alone, extra[0])]
 
 
 # -- closure optimizers -------------------------------------------------------------------

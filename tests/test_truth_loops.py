@@ -411,3 +411,157 @@ def test_global_norm_is_the_norm_before_the_scripts_own_clip_with_or_without_a_p
     np.testing.assert_allclose(steps["global_norm_post"], used, rtol=1e-5)
     np.testing.assert_allclose(steps["clip_scale"], used / pre, rtol=1e-5)
     np.testing.assert_allclose(steps["clip_threshold"], 0.5 if cap is None else cap)
+
+
+ACCELERATE = NORM + """
+import json
+import torch
+from accelerate import Accelerator
+
+torch.manual_seed(0)
+accelerator = Accelerator(cpu=True, gradient_accumulation_steps=2)
+model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+opt = torch.optim.Adam(model.parameters(), lr=0.01)
+# after the update: the gradients it used (Adam leaves them in place)
+opt.register_step_post_hook(lambda o, a, k: seen[-1].update(used=norm([p.grad for p in model.parameters()])))
+g = torch.Generator().manual_seed(0)
+x = torch.randn(64, 6, generator=g)
+y = 30 * x[:, :1] * (1 + torch.arange(64.0)[:, None] / 8) + torch.randn(64, 1, generator=g)  # batches differ
+loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
+model, opt, loader = accelerator.prepare(model, opt, loader)
+seen, losses = [], []
+for xb, yb in loader:
+    with accelerator.accumulate(model):
+        loss = torch.nn.functional.mse_loss(model(xb), yb)
+        losses.append(loss.item())
+        accelerator.backward(loss)  # back-propagates loss / gradient_accumulation_steps
+        if accelerator.sync_gradients:  # gradprobe clips at the step, so this is the pre-clip gradient
+            seen.append({"pre": norm([p.grad for p in model.parameters()]), "micro_batches": len(losses),
+                         "layers": [float(torch.linalg.vector_norm(p.grad)) for p in model.parameters()]})
+        opt.step()
+        opt.zero_grad()
+names = [n for n, _ in model.named_parameters()]
+json.dump({"steps": seen, "losses": losses, "names": names},
+          open(f"seen-{accelerator.process_index}.json", "w"))
+"""
+
+
+def check_accelerate(tmp_path, clip, rank=0):
+    """One rank's view of the accelerate loop against the run (recorded by rank 0)."""
+    seen = json.loads((tmp_path / f"seen-{rank}.json").read_text())
+    steps = seen["steps"]
+    micro = len(seen["losses"])
+    assert [s["micro_batches"] for s in steps] == list(range(2, micro + 1, 2))
+    pre = np.array([s["pre"] for s in steps])
+    used = np.array([s["used"] for s in steps])
+    if clip is None:
+        np.testing.assert_allclose(used, pre, rtol=1e-6)
+    else:
+        assert (pre > CAP).all()
+        np.testing.assert_allclose(used, clipped(pre), rtol=1e-5)
+    return seen, pre
+
+
+@pytest.mark.parametrize("clip", [None, f"global-norm:max={CAP}"])
+def test_accelerate_loop_with_accumulation_is_recorded_and_clipped(tmp_path, write_script, clip):
+    require("accelerate")
+    script = write_script(ACCELERATE)
+    command = ["profile", "--every", "1"] if clip is None else ["run", "--every", "1", "--clip", clip]
+    result = run_cli(*command, "--out", "runs", str(script), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "warning" not in result.stderr
+    seen, pre = check_accelerate(tmp_path, clip)
+    run = gradprobe.list_runs(tmp_path / "runs")[0]
+    assert len(run.steps) == 4 and list(run.layer_table["name"]) == seen["names"] == [
+        "0.weight", "0.bias", "2.weight", "2.bias"]
+    np.testing.assert_allclose(run.steps["global_norm"], pre, rtol=1e-5)
+    losses = np.array(seen["losses"])  # each micro-batch back-propagated divided by the 2 steps accumulated
+    np.testing.assert_allclose(run.steps["loss"], (losses[0::2] + losses[1::2]) / 2, rtol=1e-5)
+    layers = run.layers.pivot(index="step", columns="layer", values="norm").to_numpy()
+    np.testing.assert_allclose(layers, [s["layers"] for s in seen["steps"]], rtol=1e-5)
+    if clip is not None:
+        np.testing.assert_allclose(run.steps["global_norm_post"], clipped(pre), rtol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("clip", [None, f"global-norm:max={CAP}"])
+def test_accelerate_on_two_cpu_processes_is_recorded_and_clipped_on_every_rank(tmp_path, write_script, clip):
+    require("accelerate")
+    script = write_script(ACCELERATE)
+    command = ["profile"] if clip is None else ["run", "--clip", clip]
+    result = run_cli(*command, "--every", "1", "--nproc-per-node", "2", "--out", "runs", str(script),
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    seen, pre = check_accelerate(tmp_path, clip, rank=0)
+    other, other_pre = check_accelerate(tmp_path, clip, rank=1)  # rank 1 clips too, with the same norm
+    np.testing.assert_allclose(other_pre, pre, rtol=1e-5)  # DDP averaged the gradients
+    run = gradprobe.list_runs(tmp_path / "runs")[0]
+    assert len(run.steps) == len(seen["steps"]) == 2  # each rank got half the batches
+    np.testing.assert_allclose(run.steps["global_norm"], pre, rtol=1e-5)
+    assert list(run.layer_table["name"]) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+
+
+FUNCTIONAL_CALL = NORM + """
+import json
+import torch
+from torch.func import functional_call
+
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+params = {name: p.detach().clone().requires_grad_() for name, p in model.named_parameters()}
+opt = torch.optim.SGD(params.values(), lr=0.01)
+opt.register_step_post_hook(lambda o, a, k: seen[-1].update(used=norm([p.grad for p in params.values()])))
+x, y = torch.randn(32, 4), 20 * torch.randn(32, 1)
+seen = []
+for _ in range(6):
+    opt.zero_grad()
+    loss = torch.nn.functional.mse_loss(functional_call(model, params, (x,)), y)
+    loss.backward()
+    seen.append({"loss": loss.item(), "pre": norm([p.grad for p in params.values()]),
+                 "layers": [float(torch.linalg.vector_norm(p.grad)) for p in params.values()]})
+    opt.step()
+json.dump(seen, open("seen.json", "w"))
+"""
+
+
+@pytest.mark.parametrize("clip", [None, f"global-norm:max={CAP}"])
+def test_functional_call_loop_is_recorded_and_clipped(tmp_path, write_script, clip):
+    script = write_script(FUNCTIONAL_CALL)
+    command = ["profile", "--every", "1"] if clip is None else ["run", "--every", "1", "--clip", clip]
+    result = run_cli(*command, "--out", "runs", str(script), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "warning" not in result.stderr
+    seen, run = seen_and_run(tmp_path)
+    pre = np.array([s["pre"] for s in seen])
+    assert len(run.steps) == 6
+    # named by the keys of the dict functional_call takes (the module's own names), in its order
+    assert list(run.layer_table["name"]) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    assert list(run.layer_table["group"]) == ["0", "0", "2", "2"]
+    np.testing.assert_allclose(run.steps["global_norm"], pre, rtol=1e-5)
+    np.testing.assert_allclose(run.steps["loss"], [s["loss"] for s in seen], rtol=1e-5)
+    layers = run.layers.pivot(index="step", columns="layer", values="norm").to_numpy()
+    np.testing.assert_allclose(layers, [s["layers"] for s in seen], rtol=1e-5)
+    used = np.array([s["used"] for s in seen])
+    np.testing.assert_allclose(used, pre if clip is None else clipped(pre), rtol=1e-5)
+
+
+def test_torch_func_grad_loop_without_backward_says_nothing_was_recorded(tmp_path, write_script):
+    script = write_script("""
+        import torch
+        from torch.func import functional_call, grad
+
+        model = torch.nn.Linear(4, 1)
+        params = {k: v.detach() for k, v in model.named_parameters()}
+        x, y = torch.randn(32, 4), torch.randn(32, 1)
+        loss = lambda params: torch.nn.functional.mse_loss(functional_call(model, params, (x,)), y)
+        for _ in range(5):
+            g = grad(loss)(params)
+            params = {k: params[k] - 0.1 * g[k] for k in params}
+        print("trained")
+    """)
+    result = run_cli("profile", "--out", "runs", str(script), cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout == "trained\n", result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("gradprobe: warning:")]
+    assert len(warnings) == 1 and "no step recorded" in warnings[0]
+    run = gradprobe.list_runs(tmp_path / "runs")[0]
+    assert run.meta["warnings"] == [warnings[0].removeprefix("gradprobe: warning: ")] and len(run.steps) == 0

@@ -2,14 +2,17 @@
 
 Each script in ``scripts/`` is either a healthy control or has a known
 pathology; ``labels.json`` names, per script, the findings it must draw (kind,
-minimum severity, layers that must be named, range of the first step). The
+minimum severity, layers that must be named, range of the first step, and
+evidence values it must hold, e.g. ``first_loss_nonfinite_step`` null for NaN
+born in the backward pass). The
 benchmark profiles every script with default options, diagnoses the run as
 ``gradprobe report`` does, and scores:
 
 * per kind: recall (labelled findings found at their minimum severity) and
   precision (of the warning/critical findings of that kind, the share that
   was labelled);
-* localisation: the labelled layers named, the first step inside the label's range;
+* localisation: the labelled layers named, the first step inside the label's range,
+  the labelled evidence values;
 * false alarms: warning or critical findings on healthy controls.
 
 It prints a confusion table (labelled kind x kinds alarmed) and writes
@@ -86,6 +89,9 @@ def judge(case: dict, findings: list[dict]) -> dict:
             "layers_ok": bool(best) and set(label.get("layers", [])) <= set(best["layers"]),
             "first_step": best["steps"][0] if best else None,
             "step_ok": bool(best) and (window is None or window[0] <= best["steps"][0] <= window[1]),
+            "evidence": label.get("evidence", {}),
+            "evidence_ok": bool(best) and all(best.get("evidence", {}).get(key) == value
+                                              for key, value in label.get("evidence", {}).items()),
         })
     alarms = [f for f in findings if at_least(f["severity"], ALARM)]
     labelled = {label["kind"] for label in case.get("expect", [])}
@@ -119,6 +125,7 @@ def score(results: list[dict]) -> dict:
     found = [e for e in labels if e["found"]]
     layered = [e for e in found if e.get("layers")]
     stepped = [e for e in found if e["first_step_range"] is not None]
+    evidenced = [e for e in found if e["evidence"]]
     healthy = [r for r in results if r["healthy"]]
     return {
         "cases": len(results),
@@ -127,6 +134,7 @@ def score(results: list[dict]) -> dict:
         "recall": len(found) / len(labels) if labels else None,
         "layer_accuracy": sum(e["layers_ok"] for e in layered) / len(layered) if layered else None,
         "first_step_accuracy": sum(e["step_ok"] for e in stepped) / len(stepped) if stepped else None,
+        "evidence_accuracy": sum(e["evidence_ok"] for e in evidenced) / len(evidenced) if evidenced else None,
         "healthy_with_false_alarm": sum(bool(r["alarms"]) for r in healthy),
         "unlabelled_alarms_on_pathologies": sum(len(r["unlabelled_alarms"]) for r in results if not r["healthy"]),
         "per_kind": per_kind,
@@ -158,6 +166,8 @@ def print_report(results: list[dict], summary: dict) -> None:
                 status = f"MISSED {e['kind']}>={e['min_severity']}"
             elif not (e["layers_ok"] and e["step_ok"]):
                 status = f"found {e['kind']}, mislocated (first step {e['first_step']})"
+            elif not e["evidence_ok"]:
+                status = f"found {e['kind']}, wrong evidence (expected {e['evidence']})"
         print(f"{r['script']:44s} {status}")
         if status != "ok":
             for f in r["findings"]:
@@ -176,7 +186,7 @@ def print_report(results: list[dict], summary: dict) -> None:
         print(f"{row:18s}" + "".join(f"{n:>{width}d}" for n in counts))
     share = lambda value: "-" if value is None else f"{value:.0%}"
     print(f"\nrecall {share(summary['recall'])}  layers {share(summary['layer_accuracy'])}  first step "
-          f"{share(summary['first_step_accuracy'])}  false alarms on healthy controls "
+          f"{share(summary['first_step_accuracy'])}  evidence {share(summary['evidence_accuracy'])}  false alarms on healthy controls "
           f"{summary['healthy_with_false_alarm']}/{summary['healthy_controls']}")
 
 

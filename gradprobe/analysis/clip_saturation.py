@@ -18,8 +18,13 @@ A step *clipped* when its recorded scale is below :data:`CLIPPED_SCALE`
   growing gradients), ``critical`` when the mean scale is also
   :data:`CRITICAL_MEAN_SCALE` (0.1) or less;
 * **never**: clipped on no step: ``warning`` when the largest pre-clip norm
-  stays under :data:`NEVER_MARGIN` (half) of the threshold (the threshold is
-  far above every norm seen), else ``info`` (a safety net that was not needed);
+  stays under :data:`NEVER_MARGIN` (a third) of the threshold (the norms could
+  triple, leaving the explosion detector's band, before it acted), else
+  ``info`` (a safety net that was not needed). gradprobe's own first choice
+  for a healthy run is such a net, at 2x the largest norm
+  (:data:`gradprobe.analysis.first_choice.GUARD`, a ratio of 0.5): rerun with
+  it, the new run's largest norm may come out lower, and a third leaves it
+  1.5x room before the two disagree;
 * **clips nothing**: the pre-clip norm was recorded as exactly 0 while the
   optimizer received a non-zero gradient on :data:`EMPTY_FRACTION` (50%) or
   more of the steps: ``critical``, the clip call was given no parameters
@@ -38,7 +43,7 @@ CLIPPED_SCALE = 0.999
 MIN_STEPS = 20
 ALWAYS_FRACTION = 0.9
 CRITICAL_MEAN_SCALE = 0.1
-NEVER_MARGIN = 0.5
+NEVER_MARGIN = 1 / 3
 EMPTY_FRACTION = 0.5
 
 
@@ -88,11 +93,18 @@ def detect(stream: Stream) -> list[Finding]:
         ratio = float(np.nanmax(pre) / np.median(threshold))
         evidence["max_norm_over_threshold"] = ratio
         spec = f"global-norm:max={round3(np.nanpercentile(pre, 95))}"
+        if ratio < NEVER_MARGIN:
+            return [_finding(
+                stream, clipping, "warning", evidence,
+                f"Clipping never fired: the largest pre-clip norm was {ratio:.2g}x the threshold, so the norms "
+                "could triple before it acted; lower it to the norms' 95th percentile to clip "
+                f"the outliers, {clip_command(stream, spec)}, or compare policies with "
+                f"`gradprobe tune {script_name(stream)}`.",
+            )]
         return [_finding(
-            stream, clipping, "warning" if ratio < NEVER_MARGIN else "info", evidence,
-            f"Clipping never fired: the largest pre-clip norm was {ratio:.2g}x the threshold, so it "
-            f"changed nothing; if it is meant to act, lower it to the norms' 95th percentile: {clip_command(stream, spec)}"
-            " (or `gradprobe recommend RUN`).",
+            stream, clipping, "info", evidence,
+            f"Clipping never fired (the largest pre-clip norm was {ratio:.2g}x the threshold): a safety net "
+            f"that was not needed; nothing to change. To clip the outliers instead: {clip_command(stream, spec)}.",
         )]
     return []
 

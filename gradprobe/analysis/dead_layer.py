@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gradprobe.analysis.findings import Finding
+from gradprobe.analysis.findings import Finding, clip_command
 from gradprobe.analysis.robust import sustained_from
 from gradprobe.store.streams import Stream
 
@@ -46,13 +46,21 @@ def detect(stream: Stream) -> list[Finding]:
     numel = stream.numel
     fraction = float(numel[dead].sum() / max(numel.sum(), 1))
     first_death = int(stream.sampled[since[died].min()]) if died.any() else stream.first_step
-    parts = []
+    parts, actions = [], []
     if absent.any():
         parts.append(f"{int(absent.sum())} never received a gradient")
+        actions.append("for those with none, check that the forward pass uses them and that no torch.no_grad(), "
+                       "detach() or eval helper cuts them from the loss (if they are meant to be frozen, call "
+                       "requires_grad_(False) and leave them out of the optimizer)")
     if all_zero.any():
         parts.append(f"{int(all_zero.sum())} always had an all-zero gradient")
+        actions.append("for the all-zero ones, look for dead ReLUs or a zero mask in front of them (check the "
+                       "initialisation of the biases before them, use LeakyReLU/GELU)")
     if died.any():
         parts.append(f"{int(died.sum())} stopped receiving gradient from step {first_death}")
+        actions.append(f"for those that died, look at what changed at step {first_death} (a learning-rate jump, "
+                       "an outlier batch) and lower the learning rate; a clip guards against the large update "
+                       f"that kills the units: {clip_command(stream, 'zclip:z=2.5+skip:sigma=6')}")
     return [
         Finding(
             kind="dead_layer",
@@ -67,8 +75,6 @@ def detect(stream: Stream) -> list[Finding]:
                 "param_fraction": fraction,
                 "sampled_steps": n,
             },
-            advice=f"Of the optimizer's layers, {', '.join(parts)}: check that they are used in the forward "
-                   "pass and not detached, and look for dead ReLUs (lower the learning rate, use LeakyReLU/GELU) "
-                   "or remove unused parameters.",
+            advice=f"Of the optimizer's layers, {', '.join(parts)}: {'; '.join(actions)}.",
         )
     ]

@@ -16,14 +16,17 @@ compared with each other group of the same optimizer:
 One finding per optimizer, for the most dominated group (the others that
 qualify are named in the advice and counted in ``groups_dominated``);
 ``layers`` are that group's layers; evidence includes the two groups' median
-RMS as ``rms:<group>``.
+RMS as ``rms:<group>``. The advice's layer-norm clip is at the
+:data:`LAYER_CLIP_PERCENTILE` (95th) percentile of the weak group's layer
+norms: the strong group's layers are brought down to the level the weak
+group's layers reach, which leaves the weak group unclipped.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from gradprobe.analysis.findings import Finding, times
+from gradprobe.analysis.findings import Finding, clip_command, round3, times
 from gradprobe.analysis.groups import assign_groups
 from gradprobe.analysis.robust import log10_norms, nanmedian
 from gradprobe.store.streams import Stream
@@ -31,6 +34,7 @@ from gradprobe.store.streams import Stream
 GAP_DECADES = 2.0
 SUSTAINED_FRACTION = 0.2
 CRITICAL_DECADES = 4.0
+LAYER_CLIP_PERCENTILE = 95.0
 
 
 def group_levels(stream: Stream, labels: list[str | None]) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -77,6 +81,9 @@ def detect(stream: Stream, user_groups: dict[str, list[str]] | None = None) -> l
     median_gap = float(np.median(gap[known]))
     rows = np.flatnonzero(wide)
     ratio = 10**median_gap
+    members = np.asarray([label == names[weak] for label in labels])
+    weak_norms = stream.pre_clip_matrix("norm")[:, members]
+    spec = f"layer-norm:max={round3(np.nanpercentile(weak_norms, LAYER_CLIP_PERCENTILE))}"
     others = [names[k] for k in gaps if k != weak]
     also = f" (also dominated: {', '.join(repr(o) for o in others)})" if others else ""
     return [Finding(
@@ -98,6 +105,7 @@ def detect(stream: Stream, user_groups: dict[str, list[str]] | None = None) -> l
             f"Group '{names[strong]}' gets {times(ratio)} the per-parameter gradient of '{names[weak]}'{also} "
             f"on {fraction:.0%} of the sampled steps, from step {stream.sampled[rows[0]]} to "
             f"{stream.sampled[rows[-1]]}: rebalance the loss weights or per-group learning rates "
-            "(or normalise each group's gradient); layer-wise clipping keeps one group from drowning the other."
+            "(or normalise each group's inputs, as unscaled features of one input do this); layer-wise clipping at "
+            f"the weak group's level keeps one group from drowning the other: {clip_command(stream, spec)}."
         ),
     )]

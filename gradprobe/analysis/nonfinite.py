@@ -4,7 +4,9 @@ A step is non-finite when its pre-clip global norm is NaN or Inf. The likely
 origin is the first layer in backward order (output to input, so the deepest
 layer id first) that held NaN/Inf elements at the first sampled step with any;
 when the loss itself was already non-finite at or before that step, the
-forward pass or the loss is the origin.
+batch's data or the forward pass is the origin (NaN from the data), else, with
+a finite recorded loss, the backward pass of that layer (NaN from the model);
+``first_loss_nonfinite_step`` in the evidence tells the two apart.
 
 Severity: ``critical`` when any non-finite step was applied (not skipped);
 when every one was skipped (dynamic loss scaling backs off on overflow, as
@@ -65,23 +67,32 @@ def detect(stream: Stream) -> list[Finding]:
         severity = "warning"
     else:
         severity = "info"
-    loss_bad = step_numbers[_nonfinite_loss(steps["loss"].to_numpy(dtype=np.float64))]
+    losses = steps["loss"].to_numpy(dtype=np.float64)
+    loss_bad = step_numbers[_nonfinite_loss(losses)]
     loss_first = int(loss_bad[0]) if loss_bad.size else None
     before = norms[: int(np.argmax(bad))] if bad.any() else norms
     finite_before = before[np.isfinite(before)]
     if loss_first is not None and loss_first <= first:
-        where = f"the loss was already non-finite at step {loss_first}: look at the forward pass and the loss " \
-                "(log of 0, division by 0, overflow in float16)"
+        where = f"the loss was already non-finite at step {loss_first}, so it came from that step's batch or the " \
+                "forward pass: check the batch with torch.isfinite(inputs).all(), then the loss and the forward " \
+                "pass (log of 0, division by 0, overflow in float16)"
     elif layers:
-        where = f"it starts in {layers[0]} (the first layer in backward order with NaN/Inf, " \
-                f"step {layer_step}): look at that layer's operations"
+        known = "the loss was finite, so the backward pass made it: " if np.isfinite(losses).any() else ""
+        where = f"{known}it starts in {layers[0]} (the first layer in " \
+                f"backward order with NaN/Inf, step {layer_step}): look for an operation whose gradient is " \
+                "infinite where its value is not (sqrt or log at 0, pow with a negative base, torch.where over " \
+                "such a branch) in or after that layer"
     else:
         where = "record per-layer statistics at every step (--every 1) to locate the layer"
     if severity == "critical":
         action = ("; lower the learning rate or clip, and a skip policy keeps such updates out of the weights: "
                   f"{clip_command(stream, 'zclip:z=2.5+skip:sigma=6')}.")
+    elif severity == "warning":
+        action = ("; the updates were skipped, so the weights stayed finite, but the loss scaler keeps "
+                  "overflowing and each overflow is a lost step: lower GradScaler(init_scale=...) or its "
+                  "growth_factor, or train in bfloat16, which needs no loss scaling.")
     else:
-        action = "; the updates were skipped, so the weights stayed finite."
+        action = "; the updates were skipped, so the weights stayed finite: nothing to change."
     return [
         Finding(
             kind="nonfinite",

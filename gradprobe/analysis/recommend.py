@@ -38,8 +38,8 @@ steps before that only (if at least :data:`MIN_HISTORY` remain), so they
 reflect healthy training; the what-if still replays every step. Thresholds
 are rounded to 3 significant digits; the replay uses the rounded
 spec. Per-layer strategies are replayed on the sampled steps (every
-``--every`` steps). Per-layer statistics are as recorded, after any clipping
-the run itself did.
+``--every`` steps), on the statistics before the script's own clipping
+(:meth:`~gradprobe.store.streams.Stream.pre_clip_matrix`), as the global norm is.
 """
 
 from __future__ import annotations

@@ -3,8 +3,11 @@
 Before each step (see :mod:`gradprobe.source_patch.torch_steps`) the clip goes
 right after any ``scaler.unscale_(opt)`` (added when the script has a GradScaler
 and does not unscale). An existing clip call before the step is updated, not
-duplicated; one that runs after every backward while the step runs on some
-(gradient accumulation) moves to the stepping iteration. The clipped parameters
+duplicated, and one behind a condition (``if args.max_norm > 0: clip_grad_norm_(...)``)
+is replaced with its condition, so the applied policy is the one in force on every
+step; any other block that clips before the step is refused. One that runs after
+every backward while the step runs on some (gradient accumulation) moves to the
+stepping iteration. The clipped parameters
 are the optimizer's own: ``model.parameters()`` when the optimizer was built
 from exactly that and ``model`` is visible at the step, else
 ``[p for g in opt.param_groups for p in g["params"]]``.
@@ -129,9 +132,12 @@ class TorchLoop(TorchSteps):
             self._refuse(step.call, f"`{self.script.code(step.call)}`: a policy that skips updates ({self.spec}) "
                                     "cannot be written around a GradScaler step; use `gradprobe run --clip`")
             return
-        for line in region.nested_clips:
-            self.notes.append(f"{self.script.filename}:{self.script.line(line)}: this block also clips "
-                              f"before `{self.script.code(step.call)}`; it was left as is")
+        if region.nested_clips:
+            line = region.nested_clips[0]
+            self._refuse(line, f"this block clips before `{self.script.code(step.call)}` along with other code, "
+                               "so its clip would stay in force beside the applied one; reduce it to "
+                               "`if CONDITION: CLIP_CALL` or remove its clip and run again")
+            return
         existing = region.clips[0] if region.clips else None
         if existing is not None and existing.outside and existing.assigned:
             self._refuse(existing.line, f"`{self.script.code(existing.call)}` runs after every backward, but "
@@ -142,15 +148,21 @@ class TorchLoop(TorchSteps):
         clip_line = self._clip_line(clip, step, existing, clipper)
         if clip_line is None:
             return
+        if existing is not None and existing.guard is not None:
+            # The applied policy is in force on every step: the script's condition goes with its clip.
+            clip_line = clip_line.with_changes(leading_lines=existing.guard.leading_lines)
+            self.notes.append(f"{self.script.filename}:{self.script.line(existing.guard)}: the clip behind "
+                              f"`if {self.script.code(existing.guard.test)}:` was replaced by {self.spec}, "
+                              "which now clips on every step")
         moved = existing is not None and existing.outside
-        anchor = existing.line if existing and not moved else step.line
+        anchor = existing.statement if existing and not moved else step.line
         inserted = self._unscale_lines(step, region, anchor) if step.scaler else []
         if moved:
             # Clip on the stepping iteration only; the clip's own comments move with it.
-            self.edits.remove(existing.line)
+            self.edits.remove(existing.statement)
             inserted.append(clip_line.with_changes(leading_lines=[e for e in clip_line.leading_lines if e.comment]))
         elif existing:
-            self.edits.replace(existing.line, clip_line)
+            self.edits.replace(existing.statement, clip_line)
         else:
             inserted.append(clip_line)
         if inserted:

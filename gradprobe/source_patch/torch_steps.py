@@ -4,7 +4,9 @@ Optimizers are found by their construction (``opt = torch.optim.NAME(...)``,
 ``self.opt = optim.NAME(...)``), GradScalers and ``gradprobe.clipper`` objects
 likewise; a step is ``opt.step()``, ``scaler.step(opt)`` or
 ``clipper.step(opt)``. Before each step, its region holds the unscale and clip
-calls since the last ``backward()``.
+calls since the last ``backward()``. A clip behind a condition (``if args.max_norm > 0:``
+holding only the clip call) is found with its guard; any other block that clips there
+(a loop, a ``with``, an ``if`` with more code or an ``else``) is listed as a nested clip.
 """
 
 from __future__ import annotations
@@ -67,7 +69,8 @@ class Step:
 
 @dataclass
 class ClipCall:
-    """A clip call on a line of its own before a step; ``outside`` an ``if`` around the step."""
+    """A clip call on a line of its own before a step; ``outside`` an ``if`` around the step;
+    ``guard`` the ``if`` whose only statement it is, when it runs behind a condition."""
 
     line: cst.SimpleStatementLine
     call: cst.Call
@@ -76,6 +79,12 @@ class ClipCall:
     assigned: bool
     outside: bool
     clipper: str | None = None
+    guard: cst.If | None = None
+
+    @property
+    def statement(self) -> cst.BaseStatement:
+        """The statement that holds the clip in the step's block: the guard, or the line itself."""
+        return self.guard or self.line
 
     @property
     def returns(self) -> str:
@@ -214,24 +223,41 @@ class TorchSteps:
     def _collect(self, line: cst.BaseStatement, calls: list[cst.Call], step: Step, region: Region,
                  outside: bool) -> None:
         """Add ``line`` to ``region`` when it unscales the step's optimizer or clips."""
+        guard = _guarded_line(line)
+        if guard is not None:
+            clip = self._clip_call(guard, outside)
+            if clip is not None:
+                clip.guard = line
+                region.clips.insert(0, clip)
+                return
         if not isinstance(line, cst.SimpleStatementLine) or len(line.body) != 1:
             if any(self._clip_kind(c) for c in calls):
                 region.nested_clips.append(line)
             return
+        clip = self._clip_call(line, outside)
+        if clip is not None:
+            region.clips.insert(0, clip)
+            return
+        small = line.body[0]
+        value = getattr(small, "value", None) if isinstance(small, (cst.Expr, cst.Assign, cst.AnnAssign)) else None
+        if isinstance(value, cst.Call) and self.is_unscale(value, step):
+            region.unscales.insert(0, line)
+
+    def _clip_call(self, line: cst.SimpleStatementLine, outside: bool) -> ClipCall | None:
+        """The clip call ``line`` consists of (alone, its result assigned or not), or None."""
+        if len(line.body) != 1:
+            return None
         small = line.body[0]
         value = getattr(small, "value", None) if isinstance(small, (cst.Expr, cst.Assign, cst.AnnAssign)) else None
         subscripted = isinstance(value, cst.Subscript) and isinstance(value.value, cst.Call)
         call = value.value if subscripted else value
         if not isinstance(call, cst.Call):
-            return
-        if self.is_unscale(call, step):
-            region.unscales.insert(0, line)
-            return
+            return None
         kind = self._clip_kind(call)
-        if kind is not None:
-            clipper = dotted(call.func) if kind == CLIPPER else None
-            region.clips.insert(0, ClipCall(line, call, kind, subscripted, not isinstance(small, cst.Expr),
-                                            outside, clipper))
+        if kind is None:
+            return None
+        clipper = dotted(call.func) if kind == CLIPPER else None
+        return ClipCall(line, call, kind, subscripted, not isinstance(small, cst.Expr), outside, clipper)
 
     def is_unscale(self, call: cst.Call, step: Step) -> bool:
         """Whether ``call`` is ``scaler.unscale_(OPT)`` for the optimizer of ``step``."""
@@ -252,3 +278,13 @@ class TorchSteps:
                 and dotted(func.value) in self.optimizers):
             return MISTAKEN_CLIP
         return None
+
+
+def _guarded_line(statement: cst.BaseStatement) -> cst.SimpleStatementLine | None:
+    """The one line of ``if COND: LINE`` (no ``elif``/``else``), or None."""
+    if not isinstance(statement, cst.If) or statement.orelse is not None:
+        return None
+    body = statement.body.body if isinstance(statement.body, cst.IndentedBlock) else [statement.body]
+    if len(body) != 1 or not isinstance(body[0], cst.SimpleStatementLine):
+        return None
+    return body[0]

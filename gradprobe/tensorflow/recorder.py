@@ -36,6 +36,14 @@
   clips the aggregated gradient, in every replica alike; a skipped step's
   gradients are zeroed there, but the optimizer still steps (a warning
   says so).
+* An optimizer with ``gradient_accumulation_steps=k`` updates the variables
+  on every k-th ``apply`` only, with the mean of the k micro-batches'
+  gradients. gradprobe records that update once, with the accumulated mean
+  (read where Keras clips it, before its own ``clipnorm`` and the like); the
+  loss is the mean of the micro-batches' losses (NaN when one is unknown). A
+  clip policy clips the accumulated mean, not the micro-batches; a step it
+  skips has its gradients zeroed, but the optimizer still steps (a warning
+  says so). Under a multi-replica strategy each micro-batch is recorded.
 * ``max_steps`` ends training with :class:`~gradprobe.recording.session.StopTraining`
   after the step that reaches it: raised after the optimizer update eagerly,
   between batches in ``fit``, and when the script's ``tf.function`` returns.
@@ -45,6 +53,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import sys
 import threading
 import time
@@ -70,6 +79,7 @@ from gradprobe.tensorflow.naming import VariableNamer
 from gradprobe.tensorflow.norms import in_xla, slice_values, sum_squares, unique_slices
 from gradprobe.tensorflow.origins import Clipped, GradOf, Origins, Trace, Unscaled
 from gradprobe.tensorflow.step_buffer import OptimizerClip, PolicyStep, TFStepBuffer
+from gradprobe.tensorflow.variables import buffer_variable
 
 _CLIP_SETTINGS = ("clipnorm", "global_clipnorm", "clipvalue")
 
@@ -100,6 +110,18 @@ class _Step:
     eager: bool
     grads: list | None = None
     skipped: tf.Tensor | None = None
+
+
+@dataclass
+class _Accumulating:
+    """An ``apply`` of an accumulating optimizer whose update, when this call makes one, is recorded
+    where Keras clips the accumulated gradients."""
+
+    optimizer: Any
+    buffer: TFStepBuffer
+    clip: OptimizerClip | None
+    xla: bool
+    eager: bool
 
 
 @dataclass
@@ -138,6 +160,7 @@ class TFRecorder(GuardedHooks):
         self._calls = 0  # compiled calls since the last flush, and in all
         self._all_calls = 0
         self._last_flush = time.monotonic()
+        self._loss_sums: dict[int, Any] = {}  # per accumulating optimizer: its micro-batches' losses so far
         self._thread = threading.get_ident()
         self._local = threading.local()
         self._patches: list[tuple[Any, str, Any]] = []
@@ -264,6 +287,7 @@ class TFRecorder(GuardedHooks):
                         skip_or_apply(step.skipped, update)
             finally:
                 recorder._local.busy = False
+                recorder._local.accumulating = None
             if step is not None:
                 recorder._guard(recorder._after_apply)(step)
             return result
@@ -290,6 +314,35 @@ class TFRecorder(GuardedHooks):
             return reduced if clipped is None else clipped
 
         self._patch(TFOptimizer, "_all_reduce_sum_gradients", all_reduce)
+        self._install_accumulation()
+
+    def _install_accumulation(self) -> None:
+        """Read an accumulating optimizer's update where Keras clips the accumulated gradients:
+        ``_backend_apply_gradients`` says which variables they belong to, ``_clip_gradients``
+        receives them on the update steps only."""
+        recorder = self
+        original_backend_apply = BaseOptimizer._backend_apply_gradients
+        original_clip = BaseOptimizer._clip_gradients
+
+        @functools.wraps(original_backend_apply)
+        def backend_apply(optimizer, grads, trainable_variables):
+            recorder._local.applied = trainable_variables
+            try:
+                return original_backend_apply(optimizer, grads, trainable_variables)
+            finally:
+                recorder._local.applied = None
+
+        @functools.wraps(original_clip)
+        def clip_gradients(optimizer, grads):
+            pending = getattr(recorder._local, "accumulating", None)
+            if pending is None or pending.optimizer is not optimizer:
+                return original_clip(optimizer, grads)
+            variables = recorder._local.applied
+            clipped = recorder._guard(recorder._record_accumulated)(pending, list(grads), list(variables or ()))
+            return original_clip(optimizer, grads if clipped is None else clipped)
+
+        self._patch(BaseOptimizer, "_backend_apply_gradients", backend_apply)
+        self._patch(BaseOptimizer, "_clip_gradients", clip_gradients)
 
     def _install_calls(self) -> None:
         recorder = self
@@ -377,6 +430,10 @@ class TFRecorder(GuardedHooks):
         if replicas > 1:
             self._local.pending = _Pending(buffer, trace, clip, xla, replicas)
             return None
+        if optimizer.gradient_accumulation_steps:
+            self._add_micro_batch_loss(buffer, trace.loss)
+            self._local.accumulating = _Accumulating(optimizer, buffer, clip, xla, tf.executing_eagerly())
+            return _Step(buffer, tf.executing_eagerly())
         positions = buffer.positions([optimizer._var_key(v) for v in variables])
         index = [i for i, (p, g) in enumerate(zip(positions, grads)) if p is not None and g is not None]
         if not index:
@@ -422,6 +479,41 @@ class TFRecorder(GuardedHooks):
         clipped, result = clipper.clip(values, variables, tf.sqrt(squares))
         threshold = recorded_threshold(OPS, result)
         return clipped, PolicyStep(result.norm, result.post_norm, result.scale, threshold, result.skipped)
+
+    def _add_micro_batch_loss(self, buffer: TFStepBuffer, loss: tf.Tensor | None) -> None:
+        """Add one micro-batch's loss (NaN: unknown) to its accumulating optimizer's sum."""
+        total = self._loss_sums.get(buffer.index)
+        if total is None:
+            total = self._loss_sums[buffer.index] = buffer_variable(lambda: tf.constant(0.0), None)
+        total.assign_add(tf.constant(math.nan) if loss is None else loss)
+
+    def _record_accumulated(self, pending: _Accumulating, grads: list, variables: list) -> list | None:
+        """Record the accumulated (mean) gradients an update uses and clip them with the policy;
+        returns the gradients Keras goes on with (None: unchanged)."""
+        optimizer, buffer = pending.optimizer, pending.buffer
+        positions = buffer.positions([optimizer._var_key(v) for v in variables])
+        index = [i for i, (p, g) in enumerate(zip(positions, grads)) if p is not None and g is not None]
+        if not index:
+            return None
+        values = [unique_slices(grads[i], pending.xla) for i in index]
+        dense = [slice_values(v) for v in values]
+        squares = sum_squares(dense)
+        total = self._loss_sums[buffer.index]
+        loss = total.read_value() / float(optimizer.gradient_accumulation_steps)
+        policy, result = None, None
+        if self.policy is not None:
+            if self.policy.can_skip:
+                self._warn_once(f"with gradient accumulation {self.policy} zeroes a skipped step's gradients but "
+                                "the optimizer still steps (momentum and weight decay still apply)")
+            clipped, policy = self._apply_policy(buffer.index, values, [variables[i] for i in index], squares)
+            result = list(grads)
+            for i, g in zip(index, clipped):
+                result[i] = g
+        buffer.record(dense, [positions[i] for i in index], loss=loss, optimizer_clip=pending.clip, policy=policy,
+                      squares=squares, xla=pending.xla, trigger=self._in_graph_flush(pending.xla),
+                      limit=not pending.eager)
+        total.assign(0.0)
+        return result
 
     def _loss_of(self, grads) -> tf.Tensor | None:
         """The loss of gradients a loss-scaling optimizer receives (its inner optimizer gets

@@ -30,10 +30,10 @@ from gradprobe.store import Run, create_run_dir, load_run
 from gradprobe.store.writer import write_json_atomic
 from gradprobe.tuning.limits import MAX_REPEATS, MAX_TIMEOUT
 from gradprobe.tuning.candidates import NO_CLIPPING, Candidate, derive_candidates
+from gradprobe.tuning.measured import TUNE_FILE
 from gradprobe.tuning.scoring import PENALTIES, Summary, better_than
 from gradprobe.tuning.trials import Trial, TrialPlan, run_trial
 
-TUNE_FILE = "tune.json"
 REPEATED_BEST = 2  # candidates repeated besides no clipping
 
 
@@ -198,7 +198,9 @@ class _Runner:
     def save(self) -> None:
         result, config = self.result, self.config
         document = {
-            "script": config.script, "args": list(config.args), "steps": self.plan.steps, "seed": config.seed,
+            "script": config.script, "args": list(config.args),
+            "from": str(config.source.path.resolve()) if config.source is not None else None,
+            "steps": self.plan.steps, "seed": config.seed,
             "repeats": config.repeats, "metric": config.metric, "maximize": config.maximize,
             "budget": config.budget, "seconds": sum(t.seconds for t in result.trials),
             "skipped": result.skipped, "trials": [t.to_dict() for t in result.trials],
