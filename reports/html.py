@@ -12,7 +12,8 @@ from typing import Sequence
 
 from gradprobe.reports.escape import html_text as escape, html_with_code
 from gradprobe.reports.chart_data import chart_data
-from gradprobe.reports.figures import Plot, distribution_plot, flow_plot, group_plot, task_plot
+from gradprobe.reports.figures import (Plot, distribution_plot, flow_plot, group_plot, noise_plot, task_plot,
+                                      update_ratio_plot)
 from gradprobe.reports.progress import Stages, quiet_stages
 from gradprobe.reports.summary import Report, clip_stats, global_norm_stats, layer_stats, loss_stats, optimizer_label
 from gradprobe.reports.summary import noise_stats, update_ratio_stats
@@ -128,13 +129,18 @@ def _findings_section(report: Report) -> str:
 def _recommendations_section(report: Report) -> str:
     if not report.recommendations:
         return ""
+    scores = [report.measured(rec) for rec in report.recommendations]
+    measured = any(scores)
     rows = []
-    for rec in report.recommendations:
+    for rec, score in zip(report.recommendations, scores):
         row = rec.to_dict()
         rows.append([f"<code>{escape(row['spec'])}</code>", f"{row['clipped_fraction']:.1%}",
-                     fmt(row["mean_scale"]), fmt(row["min_scale"]), escape(row["rationale"])])
-    return "<h2>Clip recommendations</h2>" + _table(
-        ["spec", "clipped", "mean scale", "min scale", "rationale"], rows, numeric=(1, 2, 3))
+                     fmt(row["mean_scale"]), fmt(row["min_scale"]), *([escape(score or "-")] if measured else []),
+                     escape(row["rationale"])])
+    header = ["spec", "clipped", "mean scale", "min scale", *(["measured by tune"] if measured else []), "rationale"]
+    notes = "".join(f"<li>{html_with_code(note)}</li>" for note in report.what_if_notes)
+    return ("<h2>Clip recommendations</h2>" + _table(header, rows, numeric=(1, 2, 3))
+            + (f'<ul class="notes">{notes}</ul>' if notes else ""))
 
 
 def _layers_section(report: Report) -> str:
@@ -160,14 +166,16 @@ def _script_json(value) -> str:
 
 def _static_figures(report: Report, stages: Stages) -> list[str]:
     """The figures without an interactive chart: per-layer distributions, gradient flow, layer
-    groups and task gradients, as PNG."""
+    groups, update-to-weight ratios, the gradient noise scale and task gradients, as PNG."""
     parts = []
     for stream in report.streams:
         with stages.stage(f"drawing figures ({optimizer_label(report.run, stream.optimizer)})"):
             prefix = f"{optimizer_label(report.run, stream.optimizer)}: " if len(report.streams) > 1 else ""
             plots = [distribution_plot(stream), flow_plot(stream)] if len(stream.sampled) and len(stream.names) else []
             groups = group_plot(stream, report.groups) if len(stream.sampled) else None
-            for plot in plots + ([groups] if groups is not None else []):
+            plots += [plot for plot in (groups, update_ratio_plot(stream), noise_plot(report, stream))
+                      if plot is not None]
+            for plot in plots:
                 plot.title = prefix + plot.title
                 parts.append(_figure(plot))
     if report.tasks is not None and len(report.tasks):
