@@ -112,7 +112,7 @@ def main() -> None:
         console = Console(file=io.StringIO(), width=160)
         timed("render terminal", lambda: render_report(report, console))
         json_text = timed("render json", lambda: render_json(report))
-        html_text = timed("render html (4 figures)", lambda: render_html(report))
+        html_text = timed("render html (charts + 2 figures)", lambda: render_html(report))
         total = time.perf_counter() - begin
         print(f"{'total':<34} {total:7.2f} s   peak RSS {peak_rss_mib():7.0f} MiB")
         print(f"findings: {', '.join(f'{f.kind} ({f.severity})' for f in findings) or 'none'}; "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import traceback
 from enum import Enum
@@ -128,19 +129,32 @@ def _write_skip_file(built) -> None:
         print(f"gradprobe: cannot write {visible(built.run.path / SKIP_FILE)}: {visible(exc)}", file=sys.stderr)
 
 
+def _report_path(targets) -> Path:
+    """Where ``report -f html`` writes without ``-o``: in the run, or beside several runs (their
+    common parent directory, such as the tune directory of its trials)."""
+    folder = targets[0].path if len(targets) == 1 else Path(os.path.commonpath([t.path.resolve() for t in targets]))
+    output = folder / "report.html"
+    if output.is_symlink():  # a run directory from elsewhere must not redirect the write
+        raise GradprobeError(f"{output} is a symbolic link; choose where to write with -o FILE")
+    return output
+
+
 @app.command(cls=Command)
 def report(
-    run: Optional[str] = typer.Argument(None, help="Run directory or name (default: the latest run)."),
+    run: Optional[List[str]] = typer.Argument(None, help="Run directories or names (default: the latest run); "
+                                              "with --format html several runs, or a tune directory of "
+                                              "trials, are overlaid in one report."),
     root: Path = typer.Option(Path(DEFAULT_ROOT), "--root", help="Where to look for run names."),
     fmt: ReportFormat = typer.Option(ReportFormat.terminal, "--format", "-f", help="Output format."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to FILE instead of stdout "
-                                          "(html: default RUN/report.html)."),
+                                          "(html: default RUN/report.html, or beside several runs)."),
     group: List[str] = typer.Option([], "--group", "-g", help=GROUP_HELP),
 ) -> None:
     """Diagnose a recorded run: findings first, then norms, clip recommendations and layers.
 
     [bold]gradprobe report[/bold] (latest run, in the terminal)
-    [bold]gradprobe report RUN --format html[/bold] (one self-contained file with figures)
+    [bold]gradprobe report RUN --format html[/bold] (one self-contained, interactive file)
+    [bold]gradprobe report RUN_A RUN_B --format html[/bold] (several runs overlaid)
     [bold]gradprobe report RUN --format json[/bold] (findings and recommendations for machines)
 
     Findings: explosion, vanishing, spike, nonfinite, dead_layer,
@@ -152,24 +166,27 @@ def report(
     from gradprobe.reports.render import render_terminal_text, render_text
     from gradprobe.reports.summary import REPORT_STAGES, build_report
     from gradprobe.reports.terminal import render_report
-    from gradprobe.store import resolve_run
+    from gradprobe.store import resolve_runs
 
-    target = resolve_run(run, root)
-    figures = len(target.meta.get("optimizers") or [None]) if fmt == ReportFormat.html else 0
-    with stages(REPORT_STAGES + figures) as progress:
-        built = build_report(target, group, progress)
+    targets = resolve_runs(run or [], root)
+    if len(targets) > 1 and fmt != ReportFormat.html:
+        raise GradprobeError(f"{len(targets)} runs go in one report with --format html only; "
+                             "`gradprobe compare RUN_A RUN_B` puts two side by side in the terminal")
+    figures = sum(len(t.meta.get("optimizers") or [None]) for t in targets) if fmt == ReportFormat.html else 0
+    with stages(REPORT_STAGES * len(targets) + figures) as progress:
+        reports = [build_report(target, group, progress) for target in targets]
+        built = reports[0]
         if fmt == ReportFormat.terminal:
             text = None if output is None else render_terminal_text(lambda console: render_report(built, console))
         else:
-            text = render_text(built, fmt.value, progress)
-    _write_skip_file(built)
+            text = render_text(reports if len(reports) > 1 else built, fmt.value, progress)
+    for each in reports:
+        _write_skip_file(each)
     if text is None:
         render_report(built)
         return
     if fmt == ReportFormat.html and output is None:
-        output = target.path / "report.html"
-        if output.is_symlink():  # a run directory from elsewhere must not redirect the write
-            raise GradprobeError(f"{output} is a symbolic link; choose where to write with -o FILE")
+        output = _report_path(targets)
     _deliver(text, output)
 
 
@@ -194,8 +211,8 @@ def compare(
     from gradprobe.store import resolve_run
 
     if fmt == ReportFormat.html:
-        raise GradprobeError("compare writes terminal, markdown or json; use `gradprobe report --format html` "
-                             "for each run")
+        raise GradprobeError("compare writes terminal, markdown or json; `gradprobe report RUN_A RUN_B "
+                             "--format html` overlays runs in one page")
     targets = [resolve_run(run_a, root), resolve_run(run_b, root)]
     with stages(2 * REPORT_STAGES) as progress:
         a, b = (build_report(target, group, progress) for target in targets)

@@ -17,23 +17,44 @@ from gradprobe.reports.summary import Report, clip_stats, global_norm_stats, lay
 from gradprobe.reports.terminal import SEVERITY_STYLE, fmt, stdout_console
 
 
+class Share(float):
+    """A fraction of steps: a number in JSON, a percentage in the terminal and Markdown."""
+
+
+def clip_policy(report: Report, steps) -> str:
+    """The clipping the run trained with: gradprobe's policy (``run --clip``), the script's own
+    clipping (its median threshold as recorded), or none."""
+    if report.run.meta.get("clip"):
+        return str(report.run.meta["clip"])
+    threshold = steps["clip_threshold"].to_numpy(dtype=np.float64)
+    if np.isfinite(threshold).any():
+        return f"script's own, threshold {fmt(float(np.nanmedian(threshold)))}"
+    return "none"
+
+
 def summary_rows(report: Report) -> dict[str, Any]:
-    """The numbers compared, by label (per optimizer when the run has several)."""
+    """The numbers compared, by label (per optimizer when the run has several); shares of steps
+    are :class:`Share` values."""
     rows: dict[str, Any] = {}
     several = len(report.streams) > 1
     for stream in report.streams:
         prefix = f"optimizer {stream.optimizer}: " if several else ""
         stats = global_norm_stats(stream.steps)
         rows[prefix + "steps"] = stats["steps"]
+        rows[prefix + "clip policy"] = clip_policy(report, stream.steps)
         for key in ("median", "p95", "max"):
             rows[f"{prefix}global norm {key}"] = stats[key]
+        share = (lambda count: Share(count / stats["steps"])) if stats["steps"] else (lambda count: None)
         rows[prefix + "non-finite steps"] = stats["nonfinite_steps"]
+        rows[prefix + "non-finite share"] = share(stats["nonfinite_steps"])
         rows[prefix + "skipped steps"] = stats["skipped_steps"]
+        rows[prefix + "skipped share"] = share(stats["skipped_steps"])
         loss = loss_stats(stream.steps) or {}
         for key in ("first", "last", "min"):
             rows[f"{prefix}loss {key}"] = loss.get(key)
         clip = clip_stats(stream.steps) or {}
-        rows[prefix + "recorded clipping fired"] = clip.get("clipped_fraction")
+        fired = clip.get("clipped_fraction")
+        rows[prefix + "recorded clipping fired"] = None if fired is None else Share(fired)
     for kind in KINDS:
         found = [f.severity for f in report.findings if f.kind == kind]
         rows[f"finding: {kind}"] = max(found, key=("info", "warning", "critical").index) if found else None
@@ -50,6 +71,8 @@ def layer_rows(a: Report, b: Report) -> list[tuple[str, float, float]]:
 def _cell(value: Any) -> str:
     if value is None:
         return "-"
+    if isinstance(value, Share):
+        return f"{value:.1%}"
     return fmt(value) if isinstance(value, float) else str(value)
 
 

@@ -27,6 +27,11 @@ def html_text(text: object) -> str:
     return html.escape(visible(text))
 
 
+def html_with_code(text: object) -> str:
+    """:func:`html_text`, with the `backticked` spans of advice (commands, options) as ``<code>``."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html_text(text))
+
+
 def markdown(text: object) -> str:
     """``text`` shown literally in Markdown (tables included): line breaks as spaces, other control
     characters visible, HTML characters as entities, Markdown punctuation backslash-escaped."""

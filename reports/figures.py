@@ -5,7 +5,8 @@ the recommended thresholds and the findings marked on the time axis) beside
 the loss; a layer-by-step heatmap of log10 norms; per-layer norm
 distributions; and the gradient flow (median norm by depth). With two or more
 layer groups, each group's norm over time; with per-task gradients, their norms
-and cosines over time.
+and cosines over time. With measured updates, each layer's update-to-weight
+ratio over time; with gradient accumulation, the gradient noise scale.
 """
 
 from __future__ import annotations
@@ -19,15 +20,18 @@ import pandas as pd
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import LogFormatter
 
 from gradprobe.analysis import Finding, Stream, parse_groups
 from gradprobe.analysis.groups import assign_groups
 from gradprobe.analysis.imbalance import group_levels
 from gradprobe.analysis.robust import bin_medians, log10_norms, quiet
+from gradprobe.analysis.noise_scale import noise_scale
 from gradprobe.analysis.task_conflict import task_cosines, task_norms
+from gradprobe.analysis.update_ratio import ratios
 from gradprobe.reports.escape import mpl
 from gradprobe.reports.series import envelope
-from gradprobe.reports.summary import Report, optimizer_label
+from gradprobe.reports.summary import Report, noise_stats, optimizer_label, update_ratio_stats
 
 MAX_POINTS = 1500
 MAX_HEATMAP_COLUMNS = 400
@@ -52,6 +56,28 @@ class Plot:
         FigureCanvasAgg(self.figure)
         self.figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
         return buffer.getvalue()
+
+
+class PlainLogFormatter(LogFormatter):
+    """Log-axis tick labels as plain numbers (0.2, 2, 100; 1e+05 far from 1) instead of 2×10⁰;
+    which ticks get a label is still matplotlib's choice."""
+
+    def __call__(self, x, pos=None):
+        return f"{x:g}" if super().__call__(x, pos) else ""
+
+
+def log_axis(ax, axis: str = "y") -> None:
+    """Put ``axis`` of ``ax`` on a log scale with :class:`PlainLogFormatter` labels."""
+    (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    target.set_major_formatter(PlainLogFormatter())
+    target.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.4)))
+
+
+def _legend_below(ax, entries: int) -> None:
+    """The legend under the axes, so it never covers a line."""
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.16), ncols=min(3, max(1, entries)),
+              frameon=False)
 
 
 def _new_figure(width: float, height: float, **kwargs) -> Figure:
@@ -107,10 +133,10 @@ def _norm_axes(ax, report: Report, stream: Stream, thresholds: dict[str, tuple[n
     _mark_findings(ax, [f for f in report.findings if f.evidence.get("optimizer") == stream.optimizer],
                    stream.first_step, stream.last_step)
     if np.isfinite(positive).any():
-        ax.set_yscale("log")
+        log_axis(ax)
     ax.set_xlabel("step")
     ax.set_ylabel("gradient L2 norm")
-    ax.legend(fontsize=7, loc="best")
+    _legend_below(ax, len(ax.get_legend_handles_labels()[1]))
     ax.set_title(mpl(f"global gradient norm, {optimizer_label(report.run, stream.optimizer)}"), fontsize=10)
 
 
@@ -120,7 +146,7 @@ def _loss_axes(ax, stream: Stream) -> None:
     _plot_envelope(ax, steps, loss, "#ff7f0e", "loss")
     finite = loss[np.isfinite(loss)]
     if finite.size and finite.min() > 0 and finite.max() / finite.min() > 100:
-        ax.set_yscale("log")
+        log_axis(ax)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title("loss", fontsize=10)
@@ -186,7 +212,7 @@ def distribution_plot(stream: Stream) -> Plot:
     ax = figure.subplots()
     if keep:
         ax.bxp(keep, orientation="horizontal", showfliers=False, patch_artist=False)
-        ax.set_xscale("log")
+        log_axis(ax, "x")
         ax.invert_yaxis()
         if len(keep) > MAX_TICK_LABELS:
             every = -(-len(keep) // MAX_TICK_LABELS)
@@ -209,16 +235,17 @@ def flow_plot(stream: Stream) -> Plot:
     ax = figure.subplots()
     ax.fill_between(depth, p10, p90, color="#1f77b4", alpha=0.2, linewidth=0, label="10th-90th percentile")
     vector = stream.is_vector
-    ax.plot(depth, p50, color="#1f77b4", linewidth=1.0)
-    ax.plot(depth[~vector], p50[~vector], "o", color="#1f77b4", markersize=4, label="median, weights")
-    ax.plot(depth[vector], p50[vector], "o", mfc="none", color="#1f77b4", markersize=4,
+    # weights and biases/vectors as two lines: biases sit far below their weights, and one line
+    # through both would zig-zag at every layer
+    ax.plot(depth[~vector], p50[~vector], "o-", color="#1f77b4", linewidth=1.0, markersize=4, label="median, weights")
+    ax.plot(depth[vector], p50[vector], "o--", mfc="none", color="#ff7f0e", linewidth=0.8, markersize=4,
             label="median, biases/vectors")
     if np.isfinite(p50).any():
-        ax.set_yscale("log")
+        log_axis(ax)
     _layer_ticks(ax, stream.names, "x")
     ax.set_ylabel("gradient L2 norm")
     ax.set_xlabel("layer (input to output)")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return Plot("Gradient flow: median norm by depth",
                 "Median gradient norm of each layer over the sampled steps, from input (left) to output "
                 "(right); a steady fall towards the input is vanishing gradient flow.", figure)
@@ -236,10 +263,10 @@ def group_plot(stream: Stream, groups: Sequence[str] = ()) -> Plot | None:
         for ax, values in zip(axes, (norm, rms)):
             ax.plot(stream.sampled, 10 ** values[:, k], linewidth=1.0, label=mpl(name))
     for ax, label in zip(axes, ("group gradient L2 norm", "per-parameter RMS (norm / sqrt(numel))")):
-        ax.set_yscale("log")
+        log_axis(ax)
         ax.set_xlabel("step")
         ax.set_ylabel(label)
-        ax.legend(fontsize=7)
+        _legend_below(ax, len(names))
     return Plot("Layer groups over time",
                 "Gradient of each layer group (the --group patterns, or the top-level modules) at the sampled "
                 "steps: L2 norm (left) and per-parameter RMS (right), which the imbalance check compares.",
@@ -256,16 +283,60 @@ def task_plot(tasks: pd.DataFrame) -> Plot:
         right.plot(series.index, series.to_numpy(np.float64), linewidth=1.0, marker=".", label=mpl(pair))
     right.axhline(0, color="black", linewidth=0.6)
     right.set_ylim(-1.05, 1.05)
-    left.set_yscale("log")
+    log_axis(left)
     left.set_ylabel("task gradient L2 norm")
     right.set_ylabel("cosine similarity")
     for ax in (left, right):
         ax.set_xlabel("step")
-        ax.legend(fontsize=7)
+        _legend_below(ax, len(ax.get_legend_handles_labels()[1]))
     return Plot("Task gradients on the shared parameters",
                 "Each task's gradient on the shared parameters (gradprobe.task_gradients): L2 norm (left) and "
                 "cosine similarity of each pair (right; below 0 the tasks pull the shared weights apart).",
                 figure)
+
+
+MAX_RATIO_LINES = 12
+
+
+def update_ratio_plot(stream: Stream) -> Plot | None:
+    """Update-to-weight ratio of each layer at the sampled steps (the largest ones when there are
+    many), against the ~1e-3 rule of thumb; None without measured updates."""
+    grid, stats = ratios(stream), update_ratio_stats(stream)
+    if grid is None or stats is None:
+        return None
+    figure = _new_figure(12, 4)
+    ax = figure.subplots()
+    order = np.argsort(-np.nan_to_num(stats["layers"], nan=-np.inf))[:MAX_RATIO_LINES]
+    for j in order:
+        ax.plot(stream.sampled, grid[:, j], linewidth=1.0, label=mpl(stream.names[j]))
+    ax.axhline(stats["rule_of_thumb"], color="black", linestyle="--", linewidth=0.8, label="rule of thumb 1e-3")
+    if np.isfinite(grid).any() and np.nanmax(grid) > 0:
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("|update| / |weight|")
+    ax.legend(fontsize=7, ncol=2)
+    return Plot("Update-to-weight ratio per layer",
+                f"How far each optimizer step moved each layer, relative to its norm, at the sampled steps "
+                f"(the {len(order)} largest layers by median); about 1e-3 is the usual healthy level.", figure)
+
+
+def noise_plot(report: Report, stream: Stream) -> Plot | None:
+    """The gradient noise scale B_simple over the accumulating steps, beside the batch size."""
+    stats = noise_stats(report.run, stream)
+    if stats is None:
+        return None
+    frame = noise_scale(report.run.noise, stream.optimizer, report.run.batches)
+    figure = _new_figure(12, 4)
+    ax = figure.subplots()
+    ax.plot(frame["step"], frame["b_simple"], linewidth=1.0, label="B_simple (EMA)")
+    ax.axhline(stats["batch"], color="black", linestyle="--", linewidth=0.8, label="batch size")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"{stats['unit']}")
+    ax.legend(fontsize=7)
+    return Plot("Gradient noise scale",
+                f"B_simple = tr(cov) / |G|^2 from the micro-batch and accumulated gradients (McCandlish et al. "
+                f"2018), an estimate of the critical batch size: {stats['advice']}.", figure)
 
 
 def stream_plots(report: Report, stream: Stream,
@@ -274,4 +345,5 @@ def stream_plots(report: Report, stream: Stream,
     plots = [norm_plot(report, stream, thresholds or {})]
     if len(stream.sampled) and len(stream.names):
         plots += [heatmap_plot(stream), distribution_plot(stream), flow_plot(stream)]
+    plots += [plot for plot in (update_ratio_plot(stream), noise_plot(report, stream)) if plot is not None]
     return plots

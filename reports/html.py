@@ -1,14 +1,22 @@
-"""Self-contained HTML report: one file, inline CSS, figures embedded as base64 PNG, names escaped."""
+"""Self-contained HTML report of one or several runs: one file that works offline, with
+interactive Plotly charts (the library and the downsampled data inline, a Content-Security-Policy
+that forbids any network request), the tables of each run, and the figures without an interactive
+counterpart as PNG. Recorded names are escaped everywhere."""
 
 from __future__ import annotations
 
 import base64
+import json
+from importlib import resources
 from typing import Sequence
 
-from gradprobe.reports.escape import html_text as escape
-from gradprobe.reports.figures import Plot, group_plot, stream_plots, task_plot
+from gradprobe.reports.escape import html_text as escape, html_with_code
+from gradprobe.reports.chart_data import chart_data
+from gradprobe.reports.figures import (Plot, distribution_plot, flow_plot, group_plot, noise_plot, task_plot,
+                                      update_ratio_plot)
 from gradprobe.reports.progress import Stages, quiet_stages
 from gradprobe.reports.summary import Report, clip_stats, global_norm_stats, layer_stats, loss_stats, optimizer_label
+from gradprobe.reports.summary import noise_stats, update_ratio_stats
 from gradprobe.reports.terminal import fmt, step_range
 
 STYLE = """
@@ -21,6 +29,41 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 figure { margin: 1em 0 2em; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-size: 0.85em; color: #555; }
 code { background: #f4f4f4; padding: 0 0.2em; }
+.controls { position: sticky; top: 0; z-index: 10; background: #fafafa; border: 1px solid #ddd;
+  padding: 0.5em 0.8em; display: flex; flex-wrap: wrap; gap: 0.5em 1.5em; font-size: 0.9em; }
+.controls label { white-space: nowrap; }
+.chart { min-height: 100px; }
+details > summary { cursor: pointer; font-size: 1.3em; font-weight: bold; margin: 1em 0 0.5em; }
+"""
+
+# Inline scripts and styles and data: images only; no request can leave the page.
+POLICY = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:; "
+          "font-src data:; connect-src 'none'")
+
+CONTROLS = """
+<div class="controls">
+<label>y axis <select id="gp-scale-select"><option value="log">log</option>
+<option value="linear">linear</option></select></label>
+<label>smoothing <input id="gp-smooth" type="range" min="0" max="0.99" step="0.01" value="0">
+<span id="gp-smooth-value">0</span></label>
+<label>x axis <select id="gp-x"><option value="step">step</option>
+<option value="time">wall time</option></select></label>
+</div>
+<div id="gp-norm" class="chart"></div>
+<div id="gp-loss" class="chart"></div>
+<div id="gp-scale" class="chart"></div>
+<section id="gp-layer-section">
+<div class="controls">
+<label>run <select id="gp-layer-stream"></select></label>
+<label>layer search <input id="gp-search" type="search" placeholder="name or regular expression"></label>
+<label>group <select id="gp-group"><option value="">all groups</option></select></label>
+<label>show <select id="gp-metric"><option value="log_norm">gradient norm</option>
+<option value="log_ratio">gradient / weight norm</option></select></label>
+<span id="gp-layer-count"></span>
+</div>
+<div id="gp-layers" class="chart"></div>
+<div id="gp-heatmap" class="chart"></div>
+</section>
 """
 
 
@@ -65,6 +108,12 @@ def _run_section(report: Report) -> str:
         if clip:
             text += (f"; recorded clipping at {fmt(clip['threshold_median'])} fired on "
                      f"{clip['clipped_fraction']:.1%} of steps")
+        updates = update_ratio_stats(stream)
+        if updates:
+            text += f"; update/weight ratio median {fmt(updates['median'])} per step (rule of thumb ~1e-3)"
+        scale = noise_stats(report.run, stream)
+        if scale:
+            text += f"; gradient noise scale B_simple {fmt(scale['b_simple'])} {scale['unit']}: {scale['advice']}"
         rows.append([escape(optimizer_label(report.run, stream.optimizer)), escape(text)])
     return _table(["run", escape(report.name)], rows)
 
@@ -73,51 +122,96 @@ def _findings_section(report: Report) -> str:
     if not report.findings:
         return '<p class="ok">No problems found.</p>'
     rows = [[f'<span class="{f.severity}">{f.severity}</span>', escape(f.kind), step_range(f.steps),
-             escape(", ".join(f.layers)) or "-", escape(f.advice)] for f in report.findings]
+             escape(", ".join(f.layers)) or "-", html_with_code(f.advice)] for f in report.findings]
     return _table(["severity", "kind", "steps", "layers", "advice"], rows)
 
 
 def _recommendations_section(report: Report) -> str:
     if not report.recommendations:
         return ""
+    scores = [report.measured(rec) for rec in report.recommendations]
+    measured = any(scores)
     rows = []
-    for rec in report.recommendations:
+    for rec, score in zip(report.recommendations, scores):
         row = rec.to_dict()
         rows.append([f"<code>{escape(row['spec'])}</code>", f"{row['clipped_fraction']:.1%}",
-                     fmt(row["mean_scale"]), fmt(row["min_scale"]), escape(row["rationale"])])
-    return "<h2>Clip recommendations</h2>" + _table(
-        ["spec", "clipped", "mean scale", "min scale", "rationale"], rows, numeric=(1, 2, 3))
+                     fmt(row["mean_scale"]), fmt(row["min_scale"]), *([escape(score or "-")] if measured else []),
+                     escape(row["rationale"])])
+    header = ["spec", "clipped", "mean scale", "min scale", *(["measured by tune"] if measured else []), "rationale"]
+    notes = "".join(f"<li>{html_with_code(note)}</li>" for note in report.what_if_notes)
+    return ("<h2>Clip recommendations</h2>" + _table(header, rows, numeric=(1, 2, 3))
+            + (f'<ul class="notes">{notes}</ul>' if notes else ""))
 
 
 def _layers_section(report: Report) -> str:
     stats = layer_stats(report.run)
+    ratio = {}
+    for stream in report.streams:
+        updates = update_ratio_stats(stream)
+        if updates:
+            ratio.update(zip(stream.layer_ids.tolist(), updates["layers"]))
     rows = [[escape(str(r["name"])), escape(str(r["group"])), f"{r.numel:,}", fmt(r["median"]), fmt(r.p95),
-             fmt(r["max"]), f'<span class="critical">{r.nonfinite}</span>' if r.nonfinite else "0"]
-            for _, r in stats.iterrows()]
-    return "<h2>Layers (input to output)</h2>" + _table(
-        ["layer", "group", "numel", "median", "p95", "max", "non-finite"], rows, numeric=(2, 3, 4, 5, 6))
+             fmt(r["max"]), f'<span class="critical">{r.nonfinite}</span>' if r.nonfinite else "0",
+             *([fmt(float(ratio.get(layer_id, float("nan"))))] if ratio else [])]
+            for layer_id, r in stats.iterrows()]
+    header = ["layer", "group", "numel", "median", "p95", "max", "non-finite"] + (["update/weight"] if ratio else [])
+    return "<h2>Layers (input to output)</h2>" + _table(header, rows, numeric=tuple(range(2, len(header))))
 
 
-def render_html(report: Report, stages: Stages | None = None) -> str:
-    """The whole report as one HTML document that needs no network access."""
-    stages = stages or quiet_stages()
-    parts = [f"<h1>gradprobe report: {escape(report.name)}</h1>", _run_section(report),
-             "<h2>Findings</h2>", _findings_section(report), _recommendations_section(report)]
+def _script_json(value) -> str:
+    """``value`` as JSON that cannot close the ``<script>`` element holding it."""
+    text = json.dumps(value, allow_nan=False, separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _static_figures(report: Report, stages: Stages) -> list[str]:
+    """The figures without an interactive chart: per-layer distributions, gradient flow, layer
+    groups, update-to-weight ratios, the gradient noise scale and task gradients, as PNG."""
+    parts = []
     for stream in report.streams:
         with stages.stage(f"drawing figures ({optimizer_label(report.run, stream.optimizer)})"):
-            if len(report.streams) > 1:
-                parts.append(f"<h2>{escape(optimizer_label(report.run, stream.optimizer))}</h2>")
-            thresholds = {r.spec: r.threshold_series(stream.optimizer) for r in report.recommendations
-                          if r.threshold_series(stream.optimizer) is not None}
-            for plot in stream_plots(report, stream, thresholds):
-                parts.append(_figure(plot))
+            prefix = f"{optimizer_label(report.run, stream.optimizer)}: " if len(report.streams) > 1 else ""
+            plots = [distribution_plot(stream), flow_plot(stream)] if len(stream.sampled) and len(stream.names) else []
             groups = group_plot(stream, report.groups) if len(stream.sampled) else None
-            if groups is not None:
-                parts.append(_figure(groups))
+            plots += [plot for plot in (groups, update_ratio_plot(stream), noise_plot(report, stream))
+                      if plot is not None]
+            for plot in plots:
+                plot.title = prefix + plot.title
+                parts.append(_figure(plot))
     if report.tasks is not None and len(report.tasks):
         parts.append(_figure(task_plot(report.tasks)))
-    parts.append(_layers_section(report))
-    body = "\n".join(part for part in parts if part)
+    return parts
+
+
+def _run_sections(report: Report, stages: Stages) -> str:
+    parts = [_run_section(report), "<h2>Findings</h2>", _findings_section(report), _recommendations_section(report),
+             *_static_figures(report, stages), _layers_section(report)]
+    return "\n".join(part for part in parts if part)
+
+
+def _scripts() -> str:
+    from plotly.offline import get_plotlyjs
+
+    app = resources.files("gradprobe.reports").joinpath("report_app.js").read_text(encoding="utf-8")
+    return f"<script>{get_plotlyjs()}</script>\n<script>{app}</script>"
+
+
+def render_html(reports: Report | Sequence[Report], stages: Stages | None = None) -> str:
+    """One run's report, or several runs overlaid on the same charts, as one HTML document that
+    needs no network access."""
+    reports = [reports] if isinstance(reports, Report) else list(reports)
+    stages = stages or quiet_stages()
+    title = "gradprobe report: " + ", ".join(report.name for report in reports)
+    parts = [f"<h1>{escape(title)}</h1>", CONTROLS]
+    if len(reports) == 1:
+        parts.append(_run_sections(reports[0], stages))
+    else:
+        parts += [f"<details open><summary>{escape(report.name)}</summary>\n{_run_sections(report, stages)}</details>"
+                  for report in reports]
+    data = _script_json(chart_data(reports))
+    body = "\n".join(parts)
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f"<title>gradprobe report: {escape(report.name)}</title><style>{STYLE}</style></head>"
-            f"<body>\n{body}\n</body></html>\n")
+            f'<meta http-equiv="Content-Security-Policy" content="{POLICY}">'
+            f"<title>{escape(title)}</title><style>{STYLE}</style></head>"
+            f'<body>\n{body}\n<script type="application/json" id="gp-data">{data}</script>\n'
+            f"{_scripts()}\n</body></html>\n")

@@ -6,7 +6,7 @@ from typing import Sequence
 
 from matplotlib.figure import Figure
 
-from gradprobe.reports.escape import html_text as escape
+from gradprobe.reports.escape import html_text as escape, html_with_code
 from gradprobe.reports.escape import mpl
 from gradprobe.reports.figures import stream_plots
 from gradprobe.reports.sparkline import sparkline
@@ -54,7 +54,7 @@ def _finding_rows(report: Report) -> list[str]:
         return [_row("findings", _coloured("no problems found", "#1b7f3b"))]
     rows = [_row(_coloured(f.severity, SEVERITY_COLOURS.get(f.severity)),
                  f"<b>{escape(f.kind)}</b> at steps {step_range(f.steps)}"
-                 + (f" in {escape(layer_list(f.layers))}" if f.layers else "") + f": {escape(f.advice)}")
+                 + (f" in {escape(layer_list(f.layers))}" if f.layers else "") + f": {html_with_code(f.advice)}")
             for f in report.findings[:MAX_FINDINGS]]
     if len(report.findings) > MAX_FINDINGS:
         rows.append(_row("", f"+{len(report.findings) - MAX_FINDINGS} more: <code>gradprobe report "

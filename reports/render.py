@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
+from typing import Sequence
 
 from rich.console import Console
 
@@ -15,8 +16,8 @@ from gradprobe.reports.summary import Report
 FORMATS = ("terminal", "html", "markdown", "json")
 
 
-def render_text(report: Report, fmt: str, stages: Stages | None = None) -> str:
-    """The report as ``html``, ``markdown`` or ``json`` text."""
+def render_text(report: Report | Sequence[Report], fmt: str, stages: Stages | None = None) -> str:
+    """The report as ``html``, ``markdown`` or ``json`` text (``html`` also overlays several reports)."""
     if fmt == "html":
         from gradprobe.reports.html import render_html
 

@@ -10,8 +10,11 @@ import numpy as np
 import pandas as pd
 
 from gradprobe.analysis import SEVERITIES, Finding, Stream, diagnose, split_streams
+from gradprobe.analysis import robust
 from gradprobe.analysis.batch_blame import name_batches
 from gradprobe.analysis.clip_saturation import CLIPPED_SCALE
+from gradprobe.analysis import noise_scale as noise
+from gradprobe.analysis.update_ratio import RULE_OF_THUMB, ratios
 from gradprobe.analysis.recommend import STRATEGIES, Recommendation, recommend
 from gradprobe.analysis.task_conflict import read_tasks, task_cosines, task_norms
 from gradprobe.analysis.what_if_notes import what_if_notes
@@ -151,3 +154,27 @@ def task_stats(tasks: pd.DataFrame | None) -> list[dict]:
                      "max": float(values.max()) if values.size else np.nan,
                      "negative": float(np.mean(values < 0)) if values.size else None, "values": values})
     return rows
+
+
+def update_ratio_stats(stream: Stream) -> dict | None:
+    """The update-to-weight ratios of ``stream``'s sampled steps: per layer (``layers``, median over
+    steps, in the stream's layer order), their median, and each step's median over layers
+    (``over_time``); None when the run measured no update."""
+    grid = ratios(stream)
+    if grid is None:
+        return None
+    per_layer = robust.nanmedian(grid, axis=0)
+    return {"layers": per_layer, "median": float(robust.nanmedian(per_layer)),
+            "over_time": robust.nanmedian(grid, axis=1), "rule_of_thumb": RULE_OF_THUMB}
+
+
+def noise_stats(run: Run, stream: Stream) -> dict | None:
+    """The gradient noise scale of ``stream``'s accumulating steps (:mod:`gradprobe.analysis.noise_scale`):
+    the latest estimate with its advice, and ``over_time`` (B_simple at the steps that have one); None
+    without one."""
+    frame = noise.noise_scale(run.noise, stream.optimizer, run.batches)
+    latest = noise.summary(frame)
+    if latest is None:
+        return None
+    b_simple = frame["b_simple"].to_numpy(dtype=np.float64)
+    return {**latest, "over_time": b_simple[np.isfinite(b_simple)]}  # NaN: no gradient signal above the noise yet

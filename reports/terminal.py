@@ -14,7 +14,7 @@ from gradprobe.analysis import Recommendation
 from gradprobe.reports.escape import terminal as escape
 from gradprobe.reports.sparkline import sparkline
 from gradprobe.reports.summary import Report, clip_stats, global_norm_stats, layer_stats, loss_stats, optimizer_label
-from gradprobe.reports.summary import task_stats
+from gradprobe.reports.summary import noise_stats, task_stats, update_ratio_stats
 from gradprobe.store import Run
 
 _STATUS_STYLE = {"finished": "green", "running": "cyan", "crashed": "red", "interrupted": "yellow"}
@@ -106,6 +106,15 @@ def _streams(report: Report, console: Console) -> None:
         if clip:
             console.print(f"  clipping at {fmt(clip['threshold_median'])} fired on {clip['clipped_fraction']:.1%} "
                           f"of {clip['steps']} steps, mean scale {fmt(clip['mean_scale'])}")
+        updates = update_ratio_stats(stream)
+        if updates:
+            console.print(f"  update/weight {sparkline(updates['over_time'], SPARK_WIDTH)}  median over layers "
+                          f"{fmt(updates['median'])} per step (rule of thumb ~{updates['rule_of_thumb']:g})")
+        scale = noise_stats(report.run, stream)
+        if scale:
+            console.print(f"  noise scale {sparkline(scale['over_time'], SPARK_WIDTH)}  B_simple "
+                          f"{fmt(scale['b_simple'])} {scale['unit']} at step {scale['step']} "
+                          f"({scale['steps']} measured steps): {escape(scale['advice'])}")
 
 
 def _tasks(report: Report, console: Console) -> None:
@@ -163,12 +172,16 @@ def _layers(report: Report, console: Console) -> None:
                                 ("max", "right"), ("non-finite", "right"), ("over time", "left")):
             table.add_column(column, justify=justify, overflow="fold" if column == "layer" else None,
                              no_wrap=column == "over time")
+        updates = update_ratio_stats(stream)
+        if updates:
+            table.add_column("update/weight", justify="right")
         norms = stream.matrix("norm")
         for j, layer_id in enumerate(stream.layer_ids):
             row = stats.loc[layer_id]
             nonfinite = f"[red]{row.nonfinite}[/red]" if row.nonfinite else "0"
             table.add_row(escape(str(row["name"])), f"{row.numel:,}", fmt(row["median"]), fmt(row.p95),
-                          fmt(row["max"]), nonfinite, sparkline(norms[:, j], LAYER_SPARK_WIDTH))
+                          fmt(row["max"]), nonfinite, sparkline(norms[:, j], LAYER_SPARK_WIDTH),
+                          *([fmt(float(updates["layers"][j]))] if updates else []))
         console.print(table)
 
 

@@ -18,7 +18,7 @@ USAGE = {
     "tune": "gradprobe tune [OPTIONS] SCRIPT [ARGS]...",
     "apply": "gradprobe apply [OPTIONS] SCRIPT",
     "export": "gradprobe export [OPTIONS] [RUN]",
-    "report": "gradprobe report [OPTIONS] [RUN]",
+    "report": "gradprobe report [OPTIONS] [RUN]...",
     "recommend": "gradprobe recommend [OPTIONS] [RUN]",
     "compare": "gradprobe compare [OPTIONS] RUN_A RUN_B",
     "ls": "gradprobe ls [OPTIONS] [ROOT]",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import json
 import re
 import shutil
@@ -135,17 +136,39 @@ class _Images(HTMLParser):
                 self.external.append(attrs[key])
 
 
+def chart_data_of(page: str) -> dict:
+    """The charts' data embedded in an HTML report."""
+    return json.loads(re.search(r'<script type="application/json" id="gp-data">(.*?)</script>', page, re.S).group(1))
+
+
 def test_html_is_self_contained_with_escaped_names(troubled):
     text = render_html(build_report(gradprobe.load_run(troubled)))
     parser = _Images()
     parser.feed(text)
-    assert parser.external == [] and "<script" not in text
-    assert len(parser.sources) == 4  # norm + loss, heatmap, distributions, gradient flow
+    assert parser.external == []
+    assert "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none';" in text
+    assert text.count("<script") == text.count("</script>") == 3  # the data, Plotly, the report's code
+    assert len(parser.sources) == 2  # distributions, gradient flow; the rest is drawn by the charts
     for source in parser.sources:
         assert source.startswith("data:image/png;base64,")
         assert base64.b64decode(source.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
     assert "bias$x$&amp;amp" in text
+    assert text.count("<script>alert") == 0  # in the JSON too, < is written \\u003c
+    (stream,) = chart_data_of(text)["streams"]
+    assert stream["layers"]["names"] == NASTY
+    assert len(stream["norm"]["mid"]) == 300 and "low" not in stream["norm"]  # short runs are not downsampled
+    assert stream["nonfinite"]["step"] == list(range(290, 300))
+
+
+def test_html_advice_shows_commands_as_code(troubled):
+    report = build_report(gradprobe.load_run(troubled))
+    text = render_html(report)
+    commands = re.findall(r"`([^`]+)`", " ".join(f.advice for f in report.findings))
+    assert commands
+    for command in commands:
+        assert f"<code>{html.escape(command)}</code>" in text
+    assert "`" not in text.split("<h2>Findings</h2>")[1].split("</table>")[0]
 
 
 def _chromium() -> str | None:
@@ -166,7 +189,7 @@ def test_every_html_figure_loads_in_headless_chromium(troubled, tmp_path):
          "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
     match = re.search(r'data-figures="(\d+):(\d+)"', result.stdout)
     assert match, result.stderr[-2000:]
-    assert match.group(1) == match.group(2) == "4"
+    assert match.group(1) == match.group(2) == "2"
 
 
 @pytest.mark.slow
@@ -281,8 +304,73 @@ def test_several_optimizers_are_reported_separately(tmp_path):
     report = build_report(gradprobe.load_run(tmp_path / "gan"))
     assert [(f.kind, f.evidence["optimizer"]) for f in report.findings] == [("spike", 1)]
     assert {r.to_dict()["optimizer"] for r in report.recommendations} == {0, 1}
-    html = render_html(report)
-    assert "<h2>optimizer 0 (Adam)</h2>" in html and "<h2>optimizer 1 (SGD)</h2>" in html
-    assert html.count("data:image/png;base64,") == 8
+    page = render_html(report)
+    assert [s["label"] for s in chart_data_of(page)["streams"]] == ["optimizer 0 (Adam)", "optimizer 1 (SGD)"]
+    assert "<b>optimizer 1 (SGD): Gradient flow: median norm by depth.</b>" in page
+    assert page.count("data:image/png;base64,") == 4
     markdown = render_markdown(report)
     assert "optimizer 0 \\(Adam\\)" not in markdown and "optimizer 1 (SGD)" in markdown
+
+
+@pytest.mark.slow
+def test_cli_report_overlays_several_runs_and_the_trials_of_a_directory(tmp_path):
+    tune = tmp_path / "tune"
+    for seed in (0, 1):
+        write_run(tune, f"trial-0{seed}-s{seed}", noisy(60, seed=seed), np.c_[noisy(60, 0.5, seed=seed)], ["a.w"])
+    write_run(tmp_path, "other", noisy(60, seed=5))
+    result = run_cli("report", "tune", "other", "--root", str(tmp_path), "-f", "html", "-o", "both.html",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    data = chart_data_of((tmp_path / "both.html").read_text())
+    assert data["runs"] == ["trial-00-s0", "trial-01-s1", "other"]
+    for stream, seed in zip(data["streams"], (0, 1, 5)):
+        assert stream["norm"]["mid"] == pytest.approx(noisy(60, seed=seed), rel=1e-3)
+    trials = run_cli("report", str(tune), "-f", "html", cwd=tmp_path)
+    assert trials.returncode == 0 and "wrote" in trials.stderr
+    assert chart_data_of((tune / "report.html").read_text())["runs"] == ["trial-00-s0", "trial-01-s1"]
+    refused = run_cli("report", str(tune), "-f", "json", cwd=tmp_path)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "2 runs go in one report with --format html only" in refused.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    nothing = run_cli("report", str(empty), "-f", "html", cwd=tmp_path)
+    assert nothing.returncode == 2 and "neither a run directory nor a directory of runs" in nothing.stderr
+
+
+def test_compare_names_the_clip_policy_and_shows_shares_as_percentages(tmp_path, healthy):
+    norms = noisy(200, 1.5, 0.3, seed=3)
+    threshold = 1.6
+    write_run(tmp_path, "clipped", norms, clip_threshold=np.full(200, threshold),
+              clip_scale=np.minimum(1.0, threshold / norms), global_norm_post=np.minimum(norms, threshold))
+    policy_run = write_run(tmp_path, "policy", noisy(200))
+    policy_run.update(clip="zclip:z=2.5")
+    from gradprobe.reports.compare import Share, render_compare_markdown, summary_rows
+
+    reports = [build_report(gradprobe.load_run(path)) for path in (healthy, tmp_path / "clipped", tmp_path / "policy")]
+    rows = [summary_rows(r) for r in reports]
+    assert [r["clip policy"] for r in rows] == ["none", "script's own, threshold 1.6", "zclip:z=2.5"]
+    fired = rows[1]["recorded clipping fired"]
+    assert isinstance(fired, Share) and fired == pytest.approx(np.mean(norms > threshold))
+    assert rows[0]["non-finite share"] == 0.0 and isinstance(rows[0]["non-finite share"], Share)
+    text = render_compare_markdown(reports[0], reports[1])
+    assert f"| recorded clipping fired | - | {np.mean(norms > threshold):.1%} |" in text
+    assert "| non-finite share | 0.0% | 0.0% |" in text
+
+
+def test_chart_data_downsamples_a_long_run_keeping_its_extremes(tmp_path):
+    from gradprobe.reports.chart_data import MAX_BINS, chart_data
+
+    n = 50_000
+    norms = noisy(n, 1.0, 0.1, seed=4)
+    norms[31_337] = 500.0
+    write_run(tmp_path, "long", norms)
+    (stream,) = chart_data([build_report(gradprobe.load_run(tmp_path / "long"), strategies=())])["streams"]
+    size = -(-n // MAX_BINS)
+    assert len(stream["step"]) == len(stream["norm"]["high"]) == -(-n // size) <= MAX_BINS
+    assert stream["step"][:3] == [0, size, 2 * size]
+    spike_bin = 31_337 // size
+    assert stream["norm"]["high"][spike_bin] == 500.0
+    full = n // size
+    bins = norms[: full * size].reshape(full, size)
+    assert stream["norm"]["low"][:full] == pytest.approx(bins.min(axis=1), rel=1e-3)
+    assert stream["norm"]["mid"][:full] == pytest.approx(np.median(bins, axis=1), rel=1e-3)

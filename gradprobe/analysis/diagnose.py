@@ -7,7 +7,7 @@ from typing import Callable, Sequence
 import pandas as pd
 
 from gradprobe.analysis import clip_saturation, dead_layer, explosion, imbalance, nonfinite, spike, task_conflict
-from gradprobe.analysis import clip_after_step, rank_divergence, short_run, stalled_layer, vanishing
+from gradprobe.analysis import clip_after_step, rank_divergence, short_run, stalled_layer, update_ratio, vanishing
 from gradprobe.analysis.findings import Finding
 from gradprobe.analysis.groups import check_groups, parse_groups
 from gradprobe.store.streams import Stream, split_streams
@@ -23,6 +23,7 @@ DETECTORS: dict[str, Callable[[Stream], list[Finding]]] = {
     "clip_saturation": clip_saturation.detect,
     "clip_after_step": clip_after_step.detect,
     "rank_divergence": rank_divergence.detect,
+    "update_ratio": update_ratio.detect,
 }
 
 
@@ -67,6 +68,8 @@ def one_finding_per_cause(findings: list[Finding]) -> list[Finding]:
       starved group is among the vanishing layers, the imbalance goes (the layers
       vanish with depth).
     * Layers too starved of gradient to move are vanishing, not stalled.
+    * Layers whose measured update is zero (``frozen_layer``) that the stalled-layer check already
+      names (their parameter norm never moved) are reported once, as stalled.
     """
     drop = set()
     broken = {f.evidence["optimizer"]: f.steps[0] for f in findings
@@ -74,6 +77,10 @@ def one_finding_per_cause(findings: list[Finding]) -> list[Finding]:
     for f in findings:
         start = broken.get(f.evidence["optimizer"])
         if f.kind in CONSEQUENCES and start is not None and f.steps[0] > start:
+            drop.add(id(f))
+    stalled = {(f.evidence["optimizer"], name) for f in findings if f.kind == "stalled_layer" for name in f.layers}
+    for f in findings:
+        if f.kind == "frozen_layer" and all((f.evidence["optimizer"], name) in stalled for name in f.layers):
             drop.add(id(f))
     for a in findings:
         for b in findings:

@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 
 KINDS = ("explosion", "vanishing", "spike", "nonfinite", "dead_layer", "clip_saturation", "imbalance",
-         "task_conflict", "task_imbalance", "rank_divergence", "clip_after_step", "too_few_steps", "stalled_layer")
+         "task_conflict", "task_imbalance", "rank_divergence", "clip_after_step", "too_few_steps", "stalled_layer",
+         "update_ratio", "frozen_layer", "decay_only", "update_spike")
 SEVERITIES = ("info", "warning", "critical")
 
 

@@ -48,6 +48,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook, register_op
 from gradprobe.policies.base import recorded_threshold
 from gradprobe.pytorch.batch_fingerprint import InputFingerprints
 from gradprobe.pytorch.data_loaders import LoaderWatch
+from gradprobe.pytorch.micro_batches import MicroBatchNorms
 from gradprobe.pytorch.clip import TorchClipper, flag_skip_on_device, ops_for, restore_found_inf
 from gradprobe.pytorch.naming import ParamNamer
 from gradprobe.pytorch.norms import foreach_norms, global_norm
@@ -121,6 +122,8 @@ class TorchRecorder(GuardedHooks):
         self.batches = BatchLog(session.layout["rank"])  # which samples went into each step
         self.loaders = LoaderWatch(self.batches, session.skip_samples)
         self.inputs = InputFingerprints(self.batches)
+        self.micro = MicroBatchNorms(torch.device("cpu"))  # re-made on the gradients' device at the first step
+        self._measuring_micro = False  # the backward pass under way is measured by ``micro``
 
     # -- installation -------------------------------------------------------------------
 
@@ -210,6 +213,7 @@ class TorchRecorder(GuardedHooks):
         @functools.wraps(original)
         def zero_grad(owner, *args, **kwargs):
             recorder._zeroed = True
+            recorder.micro.gradients_reset()
             return original(owner, *args, **kwargs)
 
         return zero_grad
@@ -374,6 +378,8 @@ class TorchRecorder(GuardedHooks):
             restore_found_inf(optimizer, self._found_inf_before.pop(id(optimizer)))
         buffer = self.buffers.get(id(optimizer))
         self._stepped = buffer
+        if buffer is not None:
+            buffer.updates.after()
         if buffer is not None and self.session.count_step(self._slowest_steps()):
             raise StopTraining(f"max steps ({self.session.max_steps}) reached")
 
@@ -418,6 +424,10 @@ class TorchRecorder(GuardedHooks):
         ref = self._optimizers.get(id(optimizer))
         if ref is None or ref() is not optimizer:
             self._optimizers[id(optimizer)] = weakref.ref(optimizer)
+        self._note_micro_batches(buffer)
+        if buffer.sampled and buffer.weights is None:
+            present = [i for i, p in enumerate(buffer.params) if p.grad is not None]
+            buffer.updates.before(buffer.steps, [buffer.params[i] for i in present], present)
         grad_scale = getattr(optimizer, "grad_scale", None)
         found_inf = getattr(optimizer, "found_inf", None)
         stats = buffer.measure(grad_scale if isinstance(grad_scale, torch.Tensor) else None)
@@ -436,6 +446,25 @@ class TorchRecorder(GuardedHooks):
             return
         pre_norm, scale = self._before_user_clip(buffer, stats, user_clip)
         buffer.record(stats, loss=loss, skipped=skipped, pre_norm=pre_norm, scale=scale, threshold=user_clip[1])
+
+    def _note_micro_batches(self, buffer: StepBuffer) -> None:
+        """The step ends the backward passes since the last one: note their micro-batch norms."""
+        measured = self.micro.take()
+        if measured is not None and buffer.params is self.micro.params:
+            buffer.note_micro_batches(measured)
+
+    def _micro_batch_params(self) -> list[torch.Tensor] | None:
+        """The parameters whose micro-batch gradients are measured in the step under way: those of the
+        one optimizer that steps, on its sampled steps (none with several optimizers, before the first
+        step, across ranks or with shards)."""
+        if len(self.buffers) != 1 or self.session.layout["world_size"] > 1:
+            return None
+        buffer = next(iter(self.buffers.values()))
+        if buffer.weights is not None or not buffer.sampled:
+            return None
+        if self.micro.device != buffer.device:
+            self.micro = MicroBatchNorms(buffer.device)
+        return buffer.params
 
     @staticmethod
     def _before_user_clip(buffer: StepBuffer, stats, user_clip) -> tuple[torch.Tensor, torch.Tensor]:
@@ -497,6 +526,10 @@ class TorchRecorder(GuardedHooks):
     # -- backward passes ----------------------------------------------------------------
 
     def _before_backward(self, tensor: torch.Tensor) -> None:
+        params = self._micro_batch_params() if self.stepped else None
+        self._measuring_micro = params is not None
+        if params is not None:
+            self.micro.before_backward(params, self.batches.pending_batch)
         self.batches.backward()
         buffer = self.backward_buffer
         if buffer is not None and buffer.index is None and self._gradients_reset():
@@ -530,6 +563,8 @@ class TorchRecorder(GuardedHooks):
         """
         self.backwards += 1
         if self.stepped:
+            if self._measuring_micro:
+                self.micro.after_backward()
             return
         buffer = self.backward_buffer
         if buffer is None:

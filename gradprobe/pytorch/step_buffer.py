@@ -13,7 +13,9 @@ from gradprobe.store.columns import LAYER_STATS, STEP_COLUMNS, layers_columns, s
 from gradprobe.recording.deferred_signals import critical
 from gradprobe.pytorch.naming import ParamNamer
 from gradprobe.pytorch.norms import dense, foreach_norms, global_norm, nonfinite_counts
+from gradprobe.pytorch.micro_batches import noise_columns
 from gradprobe.pytorch.sharding import counted, is_sharded, local
+from gradprobe.pytorch.update_norms import UpdateNorms
 from gradprobe.recording.session import Session
 
 
@@ -92,6 +94,8 @@ class StepBuffer:
         self.nan = torch.tensor(math.nan, device=self.device)
         self.one = torch.tensor(1.0, device=self.device)
         self.zero = torch.tensor(0.0, device=self.device)
+        self.updates = UpdateNorms(self.device)  # the applied updates of sampled steps
+        self._noise: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []  # micro-batch norms per step
         self.steps = 0
         self._host_steps: list[int] = []
         self._host_times: list[float] = []
@@ -127,9 +131,19 @@ class StepBuffer:
             norms = norms / grad_scale
         weights = None if self.weights is None else self.weights[present]
         stats = StepStats(present, grads, norms, grad_scale, weights)
-        if self.steps % self.every == 0:
+        if self.sampled:
             self._record_layers(stats)
         return stats
+
+    @property
+    def sampled(self) -> bool:
+        """Whether the next step recorded is one with per-layer statistics."""
+        return self.steps % self.every == 0
+
+    def note_micro_batches(self, measured: tuple[int, torch.Tensor, torch.Tensor]) -> None:
+        """The next step accumulated ``K`` backward passes: ``(K, mean micro squared norm, accumulated
+        squared norm)`` (:class:`~gradprobe.pytorch.micro_batches.MicroBatchNorms`)."""
+        self._noise.append((self.steps, *measured))
 
     def record(
         self,
@@ -224,3 +238,8 @@ class StepBuffer:
         self._host_times.clear()
         self._host_layer_steps.clear()
         self.session.append(steps, layers)
+        for table, columns in (("updates", self.updates.take_columns(self.layer_ids, self.index, rank)),
+                               ("noise", noise_columns(self._noise, self.index, rank))):
+            if columns is not None:
+                self.session.writer.append(table, columns)
+        self._noise = []

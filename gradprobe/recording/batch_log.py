@@ -65,6 +65,11 @@ class BatchLog:
         """Whether a batch was drawn since the last backward pass."""
         return bool(self._drawn)
 
+    @property
+    def pending_batch(self) -> bool:
+        """Whether a batch was drawn, or a model input seen, since the last backward pass."""
+        return bool(self._drawn) or self._input is not None
+
     def backward(self) -> None:
         """A backward pass starts: the batches drawn since the last one feed it."""
         if self._stepped:

@@ -9,6 +9,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -173,7 +174,8 @@ def _first_line(exc: Exception) -> str:
 
 
 class Run:
-    """A recorded run: ``meta`` (run.json), ``steps``, ``layers``, ``batches`` and ``layer_table``."""
+    """A recorded run: ``meta`` (run.json), ``steps``, ``layers``, ``batches``, ``updates``, ``noise``
+    and ``layer_table``."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -204,6 +206,25 @@ class Run:
         """One row per batch that went into an optimizer step: which loader, which samples
         (see :mod:`gradprobe.store.schema`); empty when the run recorded none."""
         return read_table(self.path, "batches")
+
+    @cached_property
+    def updates(self) -> pd.DataFrame:
+        """One row per parameter per sampled step: the norm of the update the optimizer applied
+        (``update_norm``), the parameter's norm before it (``param_norm``, from ``layers``), their
+        ``ratio`` and the layer ``name``; empty when the run recorded none."""
+        frame = read_table(self.path, "updates")
+        keys = ["step", "optimizer", "rank", "layer"]
+        frame = frame.merge(self.layers[keys + ["param_norm", "name"]], on=keys, how="left")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            frame["ratio"] = (frame["update_norm"] / frame["param_norm"]).astype("float32")
+        return frame
+
+    @cached_property
+    def noise(self) -> pd.DataFrame:
+        """One row per optimizer step that accumulated several backward passes: how many, the mean
+        squared norm of their gradients and that of the accumulated one (see
+        :mod:`gradprobe.store.schema`); empty when the run recorded none."""
+        return read_table(self.path, "noise")
 
     @cached_property
     def layer_table(self) -> pd.DataFrame:
@@ -299,3 +320,20 @@ def resolve_run(ref: str | None, root: str | os.PathLike = DEFAULT_ROOT) -> Run:
     if not candidate.exists():
         raise RunFormatError(f"{ref}: no such run directory")
     return Run(candidate)
+
+
+def resolve_runs(refs: Sequence[str], root: str | os.PathLike = DEFAULT_ROOT) -> list[Run]:
+    """:func:`resolve_run` for each of ``refs`` (none: the latest run); a directory of runs that is
+    no run itself, such as a ``gradprobe tune`` directory, stands for every run in it, oldest first."""
+    runs: list[Run] = []
+    for ref in refs or [None]:
+        if ref is not None:
+            candidate = Path(ref) if Path(ref).exists() else Path(root) / ref
+            if candidate.is_dir() and not (candidate / META_FILE).exists():
+                inside = list_runs(candidate)
+                if not inside:
+                    raise RunFormatError(f"{ref}: neither a run directory nor a directory of runs")
+                runs += inside
+                continue
+        runs.append(resolve_run(ref, root))
+    return runs

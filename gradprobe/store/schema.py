@@ -38,6 +38,20 @@ yielded; ``positions``: sample positions in the epoch of an ``IterableDataset``;
 ``fingerprint``: no DataLoader), ``first`` and ``count`` (the smallest index or
 position and the number of samples) and ``samples`` (the indices or positions as
 ranges, ``4480-4543`` or ``3,17,40-47``; for a fingerprint, its text).
+
+``updates`` parts (PyTorch optimizer steps) hold one row per parameter per sampled
+step (the steps of the ``layers`` rows): ``step``, ``optimizer``, ``rank``, ``layer``
+and ``update_norm``, the L2 norm of the change the optimizer step made to the
+parameter (after minus before). Divided by that step's ``param_norm`` it is the
+update-to-weight ratio (``Run.updates`` adds it as ``ratio``).
+
+``noise`` parts (PyTorch steps with gradient accumulation) hold one row per
+sampled optimizer step that accumulated several backward passes: ``step``, ``optimizer``,
+``rank``, ``micro_batches`` (the backward passes, K), ``micro_sq`` (the mean over
+them of the squared L2 norm of what each pass added to the gradients) and
+``total_sq`` (the squared L2 norm of the accumulated gradient, the sum of those
+contributions, before any clipping). :mod:`gradprobe.analysis.noise_scale` turns them
+into the gradient noise scale.
 """
 
 from __future__ import annotations
@@ -94,6 +108,21 @@ COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
         ("first", "int64"),
         ("count", "int64"),
         ("samples", "string"),
+    ),
+    "updates": (
+        ("step", "int64"),
+        ("optimizer", "int16"),
+        ("rank", "int16"),
+        ("layer", "int32"),
+        ("update_norm", "float32"),
+    ),
+    "noise": (
+        ("step", "int64"),
+        ("optimizer", "int16"),
+        ("rank", "int16"),
+        ("micro_batches", "int32"),
+        ("micro_sq", "float32"),
+        ("total_sq", "float32"),
     ),
 }
 

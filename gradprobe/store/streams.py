@@ -14,9 +14,9 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
-from gradprobe.store.reader import Run
+from gradprobe.store.reader import Run, read_table
 
-LAYER_COLUMNS = ("norm", "maxabs", "nonfinite", "param_norm")
+LAYER_COLUMNS = ("norm", "maxabs", "nonfinite", "param_norm", "update_norm")
 
 
 @dataclass
@@ -26,7 +26,7 @@ class Stream:
     ``steps`` has one row per step, sorted. ``sampled`` lists the steps with
     per-layer rows; :meth:`matrix` gives a column of the layer rows as a
     ``len(sampled) x len(layer_ids)`` array, NaN (or 0 for counts) where a
-    layer had no gradient. ``all_ranks``: in a run recorded with
+    layer had no gradient (``update_norm``: where no update was measured). ``all_ranks``: in a run recorded with
     ``--all-ranks``, the ``steps`` and layer rows of every rank, else None.
 ``run_meta``: the run's ``run.json`` (script, optimizers), for the commands
 and notes of the findings.
@@ -145,12 +145,21 @@ def _one_rank(frame: pd.DataFrame, rank: int | None) -> pd.DataFrame:
     return frame[frame["rank"] == rank]
 
 
+def with_updates(rows: pd.DataFrame, run: Run) -> pd.DataFrame:
+    """The layer rows with the applied update's norm of each (``update_norm``, NaN where not recorded)."""
+    updates = read_table(run.path, "updates")
+    keys = ["step", "optimizer", "rank", "layer"]
+    if updates.empty:
+        return rows.assign(update_norm=np.float32("nan"))
+    return rows.merge(updates[keys + ["update_norm"]].drop_duplicates(keys, keep="last"), on=keys, how="left")
+
+
 def split_streams(run: Run, rank: int | None = None) -> list[Stream]:
     """One :class:`Stream` per optimizer that recorded steps or owns layers, in optimizer order.
 
     ``rank``: whose steps to read (default: the lowest rank that recorded each optimizer).
     """
-    steps, rows, table = run.steps, run.layers, run.layer_table
+    steps, rows, table = run.steps, with_updates(run.layers, run), run.layer_table
     owners = pd.to_numeric(table["optimizer"], errors="coerce")
     optimizers = sorted(set(steps["optimizer"].unique()) | set(rows["optimizer"].unique())
                         | set(owners.dropna().astype(int)))

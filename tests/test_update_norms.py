@@ -1,0 +1,122 @@
+"""The update each optimizer step applied, per layer, against parameter copies the test takes itself."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.conftest import require
+
+torch = require("torch")
+
+import gradprobe  # noqa: E402
+from gradprobe.analysis import diagnose  # noqa: E402
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+
+
+def _train(model, optimizer, steps, out, every, on_step=None):
+    """Train on fixed random batches; ``on_step(before, after)`` sees the test's own parameter copies."""
+    data = torch.Generator().manual_seed(1)
+    with gradprobe.watch(model, out=out, every=every) as recording:
+        for step in range(steps):
+            x, y = torch.randn(32, 6, generator=data), torch.randn(32, 3, generator=data)
+            optimizer.zero_grad()
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+            before = {name: p.detach().clone() for name, p in model.named_parameters()}
+            optimizer.step()
+            if on_step is not None:
+                on_step(step, grads, before, {name: p.detach().clone() for name, p in model.named_parameters()})
+    return recording.load()
+
+
+def _by_step(updates):
+    return {(int(r.step), str(r.name)): r for r in updates.itertuples()}
+
+
+def test_sgd_update_is_lr_times_gradient_on_sampled_steps_only(tmp_path):
+    model, lr = _model(), 0.05
+    expected = {}
+
+    def note(step, grads, _before, _after):
+        for name, g in grads.items():
+            expected[(step, name)] = lr * torch.linalg.vector_norm(g).item()
+
+    run = _train(model, torch.optim.SGD(model.parameters(), lr=lr), 9, tmp_path, every=3, on_step=note)
+    rows = _by_step(run.updates)
+    assert sorted({step for step, _ in rows}) == [0, 3, 6]
+    assert len(rows) == 3 * 4
+    for key, row in rows.items():
+        assert row.update_norm == pytest.approx(expected[key], rel=1e-5)
+
+
+def test_adam_update_and_ratio_match_the_parameters_before_and_after(tmp_path):
+    model = _model(1)
+    expected = {}
+
+    def note(step, _grads, before, after):
+        for name in before:
+            expected[(step, name)] = (torch.linalg.vector_norm(after[name] - before[name]).item(),
+                                      torch.linalg.vector_norm(before[name]).item())
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.1)
+    run = _train(model, optimizer, 6, tmp_path, every=2, on_step=note)
+    rows = _by_step(run.updates)
+    assert sorted({step for step, _ in rows}) == [0, 2, 4]
+    for key, row in rows.items():
+        update, weight = expected[key]
+        assert row.update_norm == pytest.approx(update, rel=1e-4)
+        assert row.param_norm == pytest.approx(weight, rel=1e-5)
+        assert row.ratio == pytest.approx(update / weight, rel=1e-4)
+
+
+class _Unused(torch.nn.Module):
+    """A linear model plus a layer whose output is multiplied by 0: its gradient is exactly 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(6, 3)
+        self.side = torch.nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.fc(x) + 0.0 * self.side(x)
+
+
+def test_frozen_layer_needs_only_the_measured_update(tmp_path):
+    """Two sampled steps are too few for the stalled-layer check; the measured zero update suffices."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    optimizer = torch.optim.SGD([{"params": model[0].parameters(), "lr": 0.0},
+                                 {"params": model[2].parameters()}], lr=0.1)
+    run = _train(model, optimizer, 2, tmp_path, every=1)
+    findings = {f.kind: f for f in diagnose(run)}
+    assert findings["frozen_layer"].layers == ["0.weight", "0.bias"]
+    assert "stalled_layer" not in findings
+    assert (run.updates.set_index("name")["update_norm"][["0.weight", "0.bias"]] == 0).all()
+
+
+def test_lr_zero_group_is_frozen_and_weight_decay_alone_is_decay_only(tmp_path):
+    torch.manual_seed(0)
+    model = _Unused()
+    head = [model.fc.weight]
+    optimizer = torch.optim.AdamW([{"params": head, "lr": 0.0}, {"params": [model.fc.bias]},
+                                   {"params": list(model.side.parameters())}], lr=1e-2, weight_decay=0.1)
+    data = torch.Generator().manual_seed(2)
+    with gradprobe.watch(model, out=tmp_path, every=1) as recording:
+        for _ in range(30):
+            x = torch.randn(16, 6, generator=data)
+            optimizer.zero_grad()
+            model(x).pow(2).mean().backward()
+            optimizer.step()
+    findings = {f.kind: f for f in diagnose(recording.load())}
+    (frozen,) = [f for f in findings.values() if f.kind in ("frozen_layer", "stalled_layer")]  # one cause, once
+    assert frozen.layers == ["fc.weight"]
+    assert set(findings["decay_only"].layers) == {"side.weight", "side.bias"}
+    updates = recording.load().updates
+    side = updates[updates["name"] == "side.weight"]
+    # AdamW with a zero gradient only decays: the update is lr * wd * the weight
+    assert np.allclose(side["ratio"], 1e-2 * 0.1, rtol=1e-3)
