@@ -74,7 +74,7 @@ def recommend(
         print(json.dumps({"recommendations": [plain_json(r.to_dict()) for r in recommendations]}, indent=2))
     else:
         tunes = tunes_from(target.path)
-        render_recommendations(recommendations, notes=what_if_notes(streams, target.meta, tunes),
+        render_recommendations(recommendations, notes=what_if_notes(streams, target.meta, tunes, recommendations),
                                measured=lambda rec: measured_text(tunes, rec.spec, rec.optimizer))
     print(f"gradprobe: wrote {visible(path)}", file=sys.stderr)
     if recommendations and target.meta.get("script"):

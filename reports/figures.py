@@ -311,10 +311,10 @@ def update_ratio_plot(stream: Stream) -> Plot | None:
         ax.plot(stream.sampled, grid[:, j], linewidth=1.0, label=mpl(stream.names[j]))
     ax.axhline(stats["rule_of_thumb"], color="black", linestyle="--", linewidth=0.8, label="rule of thumb 1e-3")
     if np.isfinite(grid).any() and np.nanmax(grid) > 0:
-        ax.set_yscale("log")
+        log_axis(ax)
     ax.set_xlabel("step")
     ax.set_ylabel("|update| / |weight|")
-    ax.legend(fontsize=7, ncol=2)
+    _legend_below(ax, len(order) + 1)
     return Plot("Update-to-weight ratio per layer",
                 f"How far each optimizer step moved each layer, relative to its norm, at the sampled steps "
                 f"(the {len(order)} largest layers by median); about 1e-3 is the usual healthy level.", figure)
@@ -330,10 +330,10 @@ def noise_plot(report: Report, stream: Stream) -> Plot | None:
     ax = figure.subplots()
     ax.plot(frame["step"], frame["b_simple"], linewidth=1.0, label="B_simple (EMA)")
     ax.axhline(stats["batch"], color="black", linestyle="--", linewidth=0.8, label="batch size")
-    ax.set_yscale("log")
+    log_axis(ax)
     ax.set_xlabel("step")
     ax.set_ylabel(f"{stats['unit']}")
-    ax.legend(fontsize=7)
+    _legend_below(ax, 2)
     return Plot("Gradient noise scale",
                 f"B_simple = tr(cov) / |G|^2 from the micro-batch and accumulated gradients (McCandlish et al. "
                 f"2018), an estimate of the critical batch size: {stats['advice']}.", figure)

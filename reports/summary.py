@@ -68,8 +68,8 @@ class Report:
     @property
     def what_if_notes(self) -> list[str]:
         """What to know to read the what-if: the replay caveat, clipping already in the recorded steps,
-        and what each tune of this run measured."""
-        return what_if_notes(self.streams, self.run.meta, self.tunes)
+        a first choice that clips most steps, and what each tune of this run measured."""
+        return what_if_notes(self.streams, self.run.meta, self.tunes, self.recommendations)
 
     def measured(self, rec: Recommendation) -> str | None:
         """The latest tune's measured score of ``rec``'s spec (None: no tune tried it)."""

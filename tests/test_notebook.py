@@ -106,9 +106,16 @@ def test_summary_of_a_run_without_steps(tmp_path):
 def test_plot_returns_the_report_figures_with_the_recorded_norms(healthy):
     run, norms = healthy
     figures = run.plot()
-    assert len(figures) == 4 and all(isinstance(f, Figure) for f in figures)
+    assert len(figures) == 5 and all(isinstance(f, Figure) for f in figures)
     titles = [f.get_suptitle() for f in figures]
     assert titles[0] == "Global gradient norm over time" and "heatmap" in titles[1]
+    # watch() measured the updates on sampled steps: SGD's update is lr times the gradient
+    assert titles[4] == "Update-to-weight ratio per layer"
+    ratio_lines = [line for line in figures[4].axes[0].get_lines() if not line.get_label().startswith("rule")]
+    assert sorted(line.get_label() for line in ratio_lines) == sorted(run.layer_table["name"])
+    for line in ratio_lines:
+        np.testing.assert_array_equal(line.get_xdata(), np.arange(0, STEPS, 5))
+        assert (np.asarray(line.get_ydata()) > 0).all()
     norm_line = next(line for line in figures[0].axes[0].get_lines() if line.get_label() == "global norm (pre-clip)")
     np.testing.assert_allclose(norm_line.get_xdata(), np.arange(STEPS))
     np.testing.assert_allclose(norm_line.get_ydata(), norms, rtol=1e-5)

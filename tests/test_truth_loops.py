@@ -37,6 +37,24 @@ def seen_and_run(tmp_path):
     return seen, runs[0]
 
 
+def run_against_seen(tmp_path, script, clip: str | None, steps: int):
+    """Profile ``script`` (or ``run --clip clip``) at every step and check the run against what the
+    script measured itself: global and per-layer norms, loss, and the gradient its update used."""
+    command = ["profile", "--every", "1"] if clip is None else ["run", "--every", "1", "--clip", clip]
+    result = run_cli(*command, "--out", "runs", str(script), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    seen, run = seen_and_run(tmp_path)
+    pre = np.array([s["pre"] for s in seen])
+    assert len(run.steps) == steps
+    np.testing.assert_allclose(run.steps["global_norm"], pre, rtol=1e-5)
+    np.testing.assert_allclose(run.steps["loss"], [s["loss"] for s in seen], rtol=1e-5)
+    layers = run.layers.pivot(index="step", columns="layer", values="norm").to_numpy()
+    np.testing.assert_allclose(layers, [s["layers"] for s in seen], rtol=1e-5)
+    used = np.array([s["used"] for s in seen])
+    np.testing.assert_allclose(used, pre if clip is None else clipped(pre), rtol=1e-5)
+    return result, run
+
+
 LIGHTNING = NORM + """
 import json
 import torch
@@ -206,20 +224,8 @@ json.dump(seen, open("seen.json", "w"))
 
 @pytest.mark.parametrize("clip", [None, f"global-norm:max={CAP}"])
 def test_backward_with_create_graph_records_every_step(tmp_path, write_script, clip):
-    script = write_script(CREATE_GRAPH)
-    command = ["profile", "--every", "1"] if clip is None else ["run", "--every", "1", "--clip", clip]
-    result = run_cli(*command, "--out", "runs", str(script), cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+    result, _ = run_against_seen(tmp_path, write_script(CREATE_GRAPH), clip, steps=5)
     assert "internal error" not in result.stderr
-    seen, run = seen_and_run(tmp_path)
-    pre = np.array([s["pre"] for s in seen])
-    assert len(run.steps) == 5
-    np.testing.assert_allclose(run.steps["global_norm"], pre, rtol=1e-5)
-    np.testing.assert_allclose(run.steps["loss"], [s["loss"] for s in seen], rtol=1e-5)
-    layers = run.layers.pivot(index="step", columns="layer", values="norm").to_numpy()
-    np.testing.assert_allclose(layers, [s["layers"] for s in seen], rtol=1e-5)
-    used = np.array([s["used"] for s in seen])
-    np.testing.assert_allclose(used, pre if clip is None else clipped(pre), rtol=1e-5)
 
 
 IDLE_OPTIMIZER = NORM + """
@@ -526,23 +532,11 @@ json.dump(seen, open("seen.json", "w"))
 
 @pytest.mark.parametrize("clip", [None, f"global-norm:max={CAP}"])
 def test_functional_call_loop_is_recorded_and_clipped(tmp_path, write_script, clip):
-    script = write_script(FUNCTIONAL_CALL)
-    command = ["profile", "--every", "1"] if clip is None else ["run", "--every", "1", "--clip", clip]
-    result = run_cli(*command, "--out", "runs", str(script), cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+    result, run = run_against_seen(tmp_path, write_script(FUNCTIONAL_CALL), clip, steps=6)
     assert "warning" not in result.stderr
-    seen, run = seen_and_run(tmp_path)
-    pre = np.array([s["pre"] for s in seen])
-    assert len(run.steps) == 6
     # named by the keys of the dict functional_call takes (the module's own names), in its order
     assert list(run.layer_table["name"]) == ["0.weight", "0.bias", "2.weight", "2.bias"]
     assert list(run.layer_table["group"]) == ["0", "0", "2", "2"]
-    np.testing.assert_allclose(run.steps["global_norm"], pre, rtol=1e-5)
-    np.testing.assert_allclose(run.steps["loss"], [s["loss"] for s in seen], rtol=1e-5)
-    layers = run.layers.pivot(index="step", columns="layer", values="norm").to_numpy()
-    np.testing.assert_allclose(layers, [s["layers"] for s in seen], rtol=1e-5)
-    used = np.array([s["used"] for s in seen])
-    np.testing.assert_allclose(used, pre if clip is None else clipped(pre), rtol=1e-5)
 
 
 def test_torch_func_grad_loop_without_backward_says_nothing_was_recorded(tmp_path, write_script):

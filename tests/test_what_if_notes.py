@@ -107,3 +107,26 @@ def test_the_notes_say_how_often_the_script_clipped_the_replayed_steps(tmp_path)
     assert notes == [REPLAY_CAVEAT, f"The script clipped {(norms > 2.0).mean():.0%} of these steps itself at 2: "
                      "each spec is replayed on the norms before the script's clip, as if it replaced it."]
     assert REPLAY_CAVEAT.split(":")[0] in _report(tmp_path, "runs/c", "terminal")
+
+
+def test_a_first_choice_that_clips_most_steps_says_replay_cannot_judge_it(tmp_path):
+    import gradprobe
+    from gradprobe.reports.summary import build_report
+    from test_analysis_support import noisy, write_run
+
+    heavy = noisy(400, 3.0, 0.35, seed=7)  # log-normal norms a third of a decade wide, then spikes
+    heavy[200::25] *= 60
+    write_run(tmp_path, "heavy", heavy)
+    report = build_report(gradprobe.load_run(tmp_path / "heavy"))
+    first = report.recommendations[0]
+    assert first.strategy == "first-choice"
+    threshold = float(first.spec.split("max=")[1])
+    share = float(np.mean(heavy > threshold))
+    assert share > 0.5
+    [note] = [n for n in report.what_if_notes if n.startswith("The first choice")]
+    assert note.startswith(f"The first choice {first.spec} clips {share:.0%} of these steps")
+    assert "`gradprobe tune`" in note
+    write_run(tmp_path, "healthy", noisy(400, 3.0, 0.05, seed=7))
+    healthy = build_report(gradprobe.load_run(tmp_path / "healthy"))
+    assert healthy.recommendations[0].strategy == "first-choice"
+    assert not [n for n in healthy.what_if_notes if n.startswith("The first choice")]
