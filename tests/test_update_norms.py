@@ -54,6 +54,29 @@ def test_sgd_update_is_lr_times_gradient_on_sampled_steps_only(tmp_path):
         assert row.update_norm == pytest.approx(expected[key], rel=1e-5)
 
 
+def test_a_model_above_the_copy_bound_is_measured_a_slice_per_sampled_step_in_turn(tmp_path, monkeypatch):
+    from gradprobe.pytorch import update_norms
+
+    model, lr = _model(), 0.05
+    sizes = {name: p.numel() * p.element_size() for name, p in model.named_parameters()}
+    bound = 400  # bytes: the 384-byte first weight alone, or the three other tensors together
+    monkeypatch.setattr(update_norms, "MAX_COPY_BYTES", bound)
+    expected = {}
+
+    def note(step, grads, _before, _after):
+        for name, g in grads.items():
+            expected[(step, name)] = lr * torch.linalg.vector_norm(g).item()
+
+    run = _train(model, torch.optim.SGD(model.parameters(), lr=lr), 12, tmp_path, every=3, on_step=note)
+    rows = _by_step(run.updates)
+    measured = {step: sorted(name for s, name in rows if s == step) for step in (0, 3, 6, 9)}
+    assert measured == {0: ["0.weight"], 3: ["0.bias", "2.bias", "2.weight"], 6: ["0.weight"],
+                        9: ["0.bias", "2.bias", "2.weight"]}
+    assert all(sum(sizes[name] for name in names) <= bound for names in measured.values())
+    for key, row in rows.items():
+        assert row.update_norm == pytest.approx(expected[key], rel=1e-5)
+
+
 def test_adam_update_and_ratio_match_the_parameters_before_and_after(tmp_path):
     model = _model(1)
     expected = {}

@@ -61,3 +61,17 @@ def test_update_spike_is_reported_with_whether_the_gradient_spiked(tmp_path):
     assert finding.evidence["gradient_spike_steps"] == [300]
     assert finding.evidence["with_gradient_spike"] == 1
     assert set(finding.layers) == set(LAYERS)  # the worst jump (step 300) is in every layer
+
+
+def test_a_large_model_measured_a_slice_per_step_has_no_false_update_spike(tmp_path):
+    # Beyond the copy bound each sampled step measures a slice: here the weights on one sampled step,
+    # the biases on the next. The weights' updates are 8x the biases', which is no spike.
+    ratios = _healthy()
+    sampled = np.arange(400) // 2
+    ratios[(sampled % 2 == 0)[:, None] & np.array([False, True, False, True])] = np.nan
+    ratios[(sampled % 2 == 1)[:, None] & np.array([True, False, True, False])] = np.nan
+    assert not [f for f in diagnose(_run(tmp_path, ratios)) if f.kind == "update_spike"]
+    ratios[300, [0, 2]] *= 50  # a real jump, on a step that measured the weights
+    (finding,) = [f for f in diagnose(_run(tmp_path / "spiked", ratios)) if f.kind == "update_spike"]
+    assert finding.evidence["spike_steps"] == [300]
+    assert set(finding.layers) == {"enc.weight", "dec.weight"}

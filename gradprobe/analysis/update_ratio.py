@@ -15,7 +15,7 @@ layer's effective step size. The usual rule of thumb is about
 * ``decay_only`` (info): a layer whose gradient was exactly zero at every
   sampled step but that still moved: only weight decay updates it.
 * ``update_spike`` (warning): sampled steps whose total update norm (all
-  layers) jumps far above the recent ones, by the spike detector's rule
+  layers, relative to what the measured layers usually move) jumps far above the recent ones, by the spike detector's rule
   (:func:`gradprobe.analysis.spike.find_spikes`, on sampled steps); the
   evidence says which of them were also gradient-norm spikes. Under Adam the
   update is normalised, so a spike here is the optimizer moving, not only the
@@ -97,10 +97,16 @@ def detect(stream: Stream) -> list[Finding]:
 
 
 def _total_update(stream: Stream) -> np.ndarray:
-    """The L2 norm of the whole update of each sampled step (NaN where none was measured)."""
+    """The L2 norm of each sampled step's update over the layers it measured, divided by what those
+    layers usually move (a constant when every step measures every layer; steps of a large model
+    that measured different slices of it compare too); NaN where none was measured."""
     update = stream.matrix("update_norm").astype(np.float64)
-    total = np.sqrt(quiet(np.nansum, update**2, axis=1))
-    total[~np.isfinite(update).any(axis=1)] = np.nan
+    measured = np.isfinite(update)
+    squares = update**2
+    typical = np.where(measured, nanmedian(squares, axis=0), np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        total = np.sqrt(quiet(np.nansum, squares, axis=1) / quiet(np.nansum, typical, axis=1))
+    total[~measured.any(axis=1)] = np.nan
     return total
 
 
