@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
+
 from gradprobe.reports.escape import markdown as md
 from gradprobe.reports.sparkline import sparkline
 from gradprobe.reports.summary import Report, clip_stats, global_norm_stats, layer_stats, loss_stats, optimizer_label
-from gradprobe.reports.summary import task_stats
+from gradprobe.reports.summary import noise_stats, task_stats, update_ratio_stats
 from gradprobe.reports.terminal import fmt, layer_list, step_range
 
 SPARK_WIDTH = 40
@@ -49,6 +51,8 @@ def _findings_section(report: Report) -> list[str]:
 
 def _norms_section(report: Report) -> list[str]:
     rows = []
+    signals = {stream.optimizer: (update_ratio_stats(stream), noise_stats(report.run, stream))
+               for stream in report.streams}
     for stream in report.streams:
         stats = global_norm_stats(stream.steps)
         rows.append([md(optimizer_label(report.run, stream.optimizer)), "global norm",
@@ -58,6 +62,9 @@ def _norms_section(report: Report) -> list[str]:
         if loss:
             rows.append(["", "loss", f"`{sparkline(stream.steps['loss'].to_numpy(), SPARK_WIDTH, log=False)}`",
                          f"first {fmt(loss['first'])}", f"last {fmt(loss['last'])}", f"min {fmt(loss['min'])}"])
+        for label, series in _signal_series(*signals[stream.optimizer]):
+            rows.append(["", label, f"`{sparkline(series, SPARK_WIDTH)}`", fmt(float(np.nanmedian(series))),
+                         fmt(float(np.nanpercentile(series, 95))), fmt(float(np.nanmax(series)))])
     lines = ["### Gradient norm over time", "",
              *table(["optimizer", "series", "over time (log)", "median", "p95", "max"], rows, "lllrrr"), ""]
     for stream in report.streams:
@@ -66,7 +73,23 @@ def _norms_section(report: Report) -> list[str]:
             lines += [f"Recorded clipping ({md(optimizer_label(report.run, stream.optimizer))}) at "
                       f"{fmt(clip['threshold_median'])} fired on {clip['clipped_fraction']:.1%} of "
                       f"{clip['steps']} steps, mean scale {fmt(clip['mean_scale'])}.", ""]
+        updates, scale = signals[stream.optimizer]
+        if updates:
+            lines += [f"Update/weight ratio ({md(optimizer_label(report.run, stream.optimizer))}): median over "
+                      f"layers {fmt(updates['median'])} per step (rule of thumb ~{updates['rule_of_thumb']:g}).", ""]
+        if scale:
+            lines += [f"Gradient noise scale ({md(optimizer_label(report.run, stream.optimizer))}): B_simple "
+                      f"{fmt(scale['b_simple'])} {md(scale['unit'])} at step {scale['step']} ({scale['steps']} "
+                      f"measured steps): {md(scale['advice'])}", ""]
     return lines
+
+
+def _signal_series(updates: dict | None, scale: dict | None) -> list[tuple[str, np.ndarray]]:
+    """The update/weight ratio and noise scale over time, those that were measured."""
+    series = [("update/weight ratio", updates and updates["over_time"]),
+              ("noise scale B_simple", scale and scale["over_time"])]
+    return [(label, np.asarray(values, dtype=np.float64)) for label, values in series
+            if values is not None and np.isfinite(np.asarray(values, dtype=np.float64)).any()]
 
 
 def _recommendations_section(report: Report) -> list[str]:

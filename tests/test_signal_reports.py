@@ -15,6 +15,7 @@ import gradprobe  # noqa: E402
 from gradprobe.analysis.noise_scale import noise_scale, summary  # noqa: E402
 from gradprobe.reports.html import render_html  # noqa: E402
 from gradprobe.reports.json_report import render_json  # noqa: E402
+from gradprobe.reports.markdown import render_markdown  # noqa: E402
 from gradprobe.reports.summary import build_report  # noqa: E402
 from gradprobe.reports.terminal import render_report  # noqa: E402
 
@@ -58,3 +59,12 @@ def test_reports_show_the_ratio_per_layer_and_the_noise_scale(tmp_path):
     assert latest["advice"][:40] in text
     html = render_html(report)
     assert "Update-to-weight ratio per layer" in html and "Gradient noise scale" in html
+    markdown = render_markdown(report)
+    from gradprobe.reports.terminal import fmt
+
+    ratio_row = next(line for line in markdown.splitlines() if "| update/weight ratio |" in line)
+    over_time = run.updates.groupby("step")["ratio"].median().to_numpy()  # median over layers, per step
+    assert f"| {fmt(float(np.median(over_time)))} | {fmt(float(np.percentile(over_time, 95)))} | " \
+           f"{fmt(float(over_time.max()))} |" in ratio_row
+    assert f"median over layers {fmt(float(np.median(per_layer.to_numpy())))} per step" in markdown
+    assert "| noise scale B_simple |" in markdown and f"B_simple {fmt(latest['b_simple'])} samples" in markdown
