@@ -24,6 +24,7 @@ from tests.conftest import REPO, run_cli
 from tests.writeup_snippets import CLIP_HELPER
 
 EXAMPLES = REPO / "examples"
+INDEPENDENT_HOOK = Path(__file__).resolve().parent / "independent_hook"
 
 
 @dataclass
@@ -71,14 +72,28 @@ def invoke(*args: str) -> str:
 
 def record(example: Example, tmp_path: Path, name: str, command: str = "profile", options: tuple = (),
            script_args: tuple = ()) -> gradprobe.Run:
-    """Run ``gradprobe COMMAND`` on the example in a subprocess and open the run it recorded."""
+    """Run ``gradprobe COMMAND`` on the example in a subprocess and open the run it recorded; a PyTorch
+    example runs under the independent hook too (``tests/independent_hook``), whose record of every
+    optimizer step is left in ``NAME.independent.json`` beside the run."""
     args = [command, "-q", "--out", str(tmp_path), "--name", name, *options,
             str(EXAMPLES / example.script), "--", *example.args, *script_args]
-    result = run_cli(*args, cwd=tmp_path, env={"OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"})
+    env = {"OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    seen = tmp_path / f"{name}.independent.json"
+    if not example.tensorflow:
+        env.update(PYTHONPATH=str(INDEPENDENT_HOOK), INDEPENDENT_HOOK_OUT=str(seen))
+    result = run_cli(*args, cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     run = gradprobe.load_run(tmp_path / name)
     assert run.meta["status"] == "finished"
     return run
+
+
+def independent(tmp_path: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """What the independent hook saw at each optimizer step of run ``name``: the norm of the gradients
+    the step was called with, and of those its update used."""
+    seen = json.loads((tmp_path / f"{name}.independent.json").read_text())
+    assert {s["optimizer"] for s in seen} == {0}  # one optimizer in every PyTorch example
+    return np.array([s["pre"] for s in seen]), np.array([s["used"] for s in seen])
 
 
 def check_clipping(steps, threshold: float) -> None:
@@ -124,6 +139,10 @@ def test_example_end_to_end(name: str, tmp_path: Path):
     assert np.isfinite(steps["loss"]).all()
     if example.threshold is not None:
         check_clipping(steps, example.threshold)
+    if not example.tensorflow:  # the update used what the script's own clip (if any) left, as recorded
+        _, used = independent(tmp_path, "profiled")
+        recorded = steps["global_norm"] if example.threshold is None else steps["global_norm_post"]
+        np.testing.assert_allclose(recorded.to_numpy(np.float64), used, rtol=1e-5)
 
     report = json.loads(invoke("report", str(run.path), "--format", "json", *example.report))
     serious = {f["kind"] for f in report["findings"] if f["severity"] != "info"}
@@ -143,6 +162,11 @@ def test_example_end_to_end(name: str, tmp_path: Path):
     clipped = record(example, tmp_path, "clipped", "run", ("--clip-from", str(run.path)), example.no_clip)
     assert clipped.meta["clip"] == str(gradprobe.parse_spec(saved["spec"]))
     check_clipping(clipped.steps, limit)
+    if not example.tensorflow:  # the policy's result, on gradients the hook read before gradprobe did
+        pre, used = independent(tmp_path, "clipped")
+        np.testing.assert_allclose(clipped.steps["global_norm"].to_numpy(np.float64), pre, rtol=1e-5)
+        np.testing.assert_allclose(used, pre * np.minimum(1.0, limit / (pre + 1e-6)), rtol=1e-5)
+        np.testing.assert_allclose(clipped.steps["global_norm_post"].to_numpy(np.float64), used, rtol=1e-5)
 
 
 def _kinds(run: gradprobe.Run) -> dict[str, dict]:
