@@ -221,7 +221,7 @@ class TorchRecorder(GuardedHooks):
     def remove(self) -> None:
         """Flush what is buffered, warn when the run recorded (far) fewer steps than the script
         trained, and undo every hook and patch."""
-        buffer = self.backward_buffer
+        buffer = self._provisional_buffer()
         if buffer is not None and buffer.index is None and buffer.steps:
             self._guard(self._fall_back)("the script ended without an optimizer step")
         self.flush()
@@ -531,7 +531,7 @@ class TorchRecorder(GuardedHooks):
         if params is not None:
             self.micro.before_backward(params, self.batches.pending_batch)
         self.batches.backward()
-        buffer = self.backward_buffer
+        buffer = self._provisional_buffer()
         if buffer is not None and buffer.index is None and self._gradients_reset():
             self._resets += 1
             if self._resets >= MANUAL_RESETS:
@@ -587,6 +587,13 @@ class TorchRecorder(GuardedHooks):
             buffer.record(stats, loss=loss)
         if buffer.index is None:
             self._grad_marks = [(id(p.grad), p.grad._version) for p in buffer.params if p.grad is not None]
+
+    def _provisional_buffer(self) -> StepBuffer | None:
+        """The per-backward buffer; a provisional one is dropped once an optimizer has stepped (another
+        thread's backward() may have made it while the first step was dropping the provisional passes)."""
+        if self.backward_buffer is not None and self.backward_buffer.index is None and self.stepped:
+            self.backward_buffer = None
+        return self.backward_buffer
 
     def _gradients_reset(self) -> bool:
         """Whether the gradients of the last backward() were set to None, replaced or zeroed since."""
