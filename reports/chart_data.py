@@ -13,6 +13,7 @@ import numpy as np
 
 from gradprobe.analysis import Stream
 from gradprobe.analysis.robust import bin_medians, log10_norms
+from gradprobe.analysis.update_ratio import ratios
 from gradprobe.reports.figures import WHOLE_RUN_FRACTION
 from gradprobe.reports.series import envelope, nonfinite_bins
 from gradprobe.reports.summary import Report, optimizer_label
@@ -84,8 +85,8 @@ def _thresholds(report: Report, stream: Stream, steps: np.ndarray, seconds: np.n
 
 
 def _layers(stream: Stream, steps: np.ndarray, seconds: np.ndarray) -> dict[str, Any] | None:
-    """Per layer, log10 of the gradient norm (and of the gradient-to-weight norm ratio) per bin of
-    sampled steps; None without per-layer rows."""
+    """Per layer, log10 of the gradient norm (and of the gradient-to-weight and the measured
+    update-to-weight norm ratios) per bin of sampled steps; None without per-layer rows."""
     if not (len(stream.sampled) and len(stream.names)):
         return None
     logs = log10_norms(stream.matrix("norm"))
@@ -100,6 +101,10 @@ def _layers(stream: Stream, steps: np.ndarray, seconds: np.ndarray) -> dict[str,
     if np.isfinite(weights).any():
         _, ratio = bin_medians(logs - weights, MAX_LAYER_BINS)
         out["log_ratio"] = [compact(column, 3) for column in np.asarray(ratio).T]
+    updates = ratios(stream)
+    if updates is not None:
+        _, binned_updates = bin_medians(log10_norms(updates), MAX_LAYER_BINS)
+        out["log_update_ratio"] = [compact(column, 3) for column in np.asarray(binned_updates).T]
     return out
 
 

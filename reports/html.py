@@ -58,7 +58,8 @@ CONTROLS = """
 <label>layer search <input id="gp-search" type="search" placeholder="name or regular expression"></label>
 <label>group <select id="gp-group"><option value="">all groups</option></select></label>
 <label>show <select id="gp-metric"><option value="log_norm">gradient norm</option>
-<option value="log_ratio">gradient / weight norm</option></select></label>
+<option value="log_ratio">gradient / weight norm</option>
+<option value="log_update_ratio">update / weight norm</option></select></label>
 <span id="gp-layer-count"></span>
 </div>
 <div id="gp-layers" class="chart"></div>

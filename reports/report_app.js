@@ -9,6 +9,9 @@
   const CONFIG = {displaylogo: false, responsive: true};
   const state = {scale: "log", smooth: 0, x: "step", query: "", group: "", layerStream: 0, metric: "log_norm"};
   const several = DATA.streams.length > 1;
+  // What each per-layer metric of the layer charts is, by its key in the data.
+  const METRICS = {log_norm: "gradient L2 norm", log_ratio: "gradient norm / weight norm",
+                   log_update_ratio: "update norm / weight norm"};
 
   const $ = (id) => document.getElementById(id);
   const colour = (i) => PALETTE[i % PALETTE.length];
@@ -147,7 +150,7 @@
       x, y: smooth(values[i].map((v) => (v === null ? null : Math.pow(10, v)))), mode: "lines",
       name: L.names[i], line: {color: colour(k), width: 1, dash: L.vector[i] ? "dot" : "solid"},
     }));
-    const ytitle = state.metric === "log_ratio" ? "gradient norm / weight norm" : "gradient L2 norm";
+    const ytitle = METRICS[L[state.metric] ? state.metric : "log_norm"];
     $("gp-layer-count").textContent = keep.length + " of " + L.names.length + " layers";
     const extra = {height: 420, showlegend: true, legend: {orientation: "v", x: 1.02, y: 1, font: {size: 9}},
                    margin: {l: 60, r: 10, t: 40, b: 40}, hovermode: "closest"};
@@ -166,8 +169,8 @@
                    yaxis: {autorange: "reversed", type: "category", automargin: true, tickfont: {size: 9}},
                    margin: {l: 20, r: 20, t: 40, b: 40}};
     return Plotly.react("gp-heatmap", [trace],
-                        layout("layer-by-step heatmap of log10 " + (state.metric === "log_ratio"
-                          ? "gradient / weight norm" : "gradient norm") + " (input at the top)", "", false, extra),
+                        layout("layer-by-step heatmap of log10 " + METRICS[L[state.metric] ? state.metric : "log_norm"]
+                          + " (input at the top)", "", false, extra),
                         CONFIG);
   }
 
@@ -188,7 +191,9 @@
     if (withLayers.length) state.layerStream = withLayers[0][1];
     pick.parentElement.hidden = withLayers.length < 2;
     fillGroups();
-    $("gp-metric").parentElement.hidden = !withLayers.some(([s]) => s.layers.log_ratio);
+    const metric = $("gp-metric");
+    [...metric.options].forEach((o) => { o.hidden = !withLayers.some(([s]) => s.layers[o.value]); });
+    metric.parentElement.hidden = [...metric.options].filter((o) => !o.hidden).length < 2;
     $("gp-layer-section").hidden = !withLayers.length;
     $("gp-loss").hidden = !DATA.streams.some((s) => s.loss);
     $("gp-scale").hidden = !DATA.streams.some((s) => s.scale);

@@ -37,6 +37,13 @@ window.addEventListener("load", async () => {
     await set("gp-search", "", "input");
     await set("gp-group", window.PROBE_GROUP || "", "change");
     out.grouped = snapshot();
+    await set("gp-group", "", "change");
+    out.metrics = [...$("gp-metric").options].filter((o) => !o.hidden).map((o) => o.value);
+    for (const metric of out.metrics) {
+      await set("gp-metric", metric, "change");
+      out["metric_" + metric] = {...snapshot(), title: $("gp-layers").layout.yaxis.title.text,
+                                 first: $("gp-layers").data[0].y.slice(0, 3)};
+    }
   } catch (e) {
     out.exception = String(e && e.stack || e);
   }

@@ -22,6 +22,7 @@ from test_analysis_support import noisy, write_run
 PROBE = Path(__file__).with_name("report_probe.js").read_text()
 NAMES = ["enc.<script>alert(1)</script>", "enc.bias", "dec|pipe.weight", "dec.bias"]
 GROUPS = ["enc", "enc", "dec", "dec"]
+UPDATE_RATIO = 2e-3
 
 
 def _chromium() -> str | None:
@@ -33,7 +34,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(_chromium() is None and not i
                                                    reason="no chromium binary (Debian package: chromium)")]
 
 
-def clipped_run(root: Path, name: str, seed: int, threshold: float = 2.0) -> Path:
+def clipped_run(root: Path, name: str, seed: int, threshold: float = 2.0, updates: bool = False) -> Path:
     """A run whose script clipped at ``threshold`` (so pre- and post-clip norms differ), with a spike,
     a non-finite step, a loss and four layers in two groups."""
     n = 400
@@ -42,10 +43,14 @@ def clipped_run(root: Path, name: str, seed: int, threshold: float = 2.0) -> Pat
     norms[390] = np.inf
     post = np.minimum(norms, threshold)
     layers = np.stack([noisy(n, 0.5, 0.05, seed + k) for k in range(4)], axis=1) * (norms / 1.5)[:, None]
-    write_run(root, name, norms, np.nan_to_num(layers, posinf=1e30), NAMES, groups=GROUPS,
+    writer = write_run(root, name, norms, np.nan_to_num(layers, posinf=1e30), NAMES, groups=GROUPS,
               shapes=[[4, 4], [4], [4, 4], [4]], every=2, loss=np.linspace(3, 1, n),
               clip_threshold=np.full(n, threshold), clip_scale=np.where(norms > threshold, threshold / norms, 1.0),
               global_norm_post=post, param_norms=np.full((n, 4), 10.0))
+    if updates:  # the update of each sampled step and layer: UPDATE_RATIO of its weight norm (10)
+        sampled = np.repeat(np.arange(0, n, 2), 4)
+        writer.append("updates", {"step": sampled, "optimizer": np.zeros(len(sampled)), "rank": np.zeros(len(sampled)),
+                                  "layer": np.tile(np.arange(4), n // 2), "update_norm": np.full(len(sampled), 10 * UPDATE_RATIO)})
     return root / name
 
 
@@ -81,6 +86,19 @@ def test_one_run_draws_and_reacts_to_its_controls(tmp_path):
     assert probe["searched"]["layer_lines"] == 1 and probe["searched"]["layer_legend"] == ["dec|pipe.weight"]
     assert probe["searched"]["heatmap_rows"] == ["dec|pipe.weight"]
     assert probe["grouped"]["layer_legend"] == NAMES[:2] and probe["grouped"]["heatmap_rows"] == NAMES[:2]
+    assert probe["metrics"] == ["log_norm", "log_ratio"]  # no update was measured: no update metric offered
+
+
+def test_the_layer_charts_switch_to_the_measured_update_to_weight_ratio(tmp_path):
+    report = build_report(gradprobe.load_run(clipped_run(tmp_path, "updates", 1, updates=True)))
+    probe = open_in_chromium(render_html(report), tmp_path, query="pipe", group="enc")
+    assert probe["errors"] == [] and probe["violations"] == []
+    assert probe["metrics"] == ["log_norm", "log_ratio", "log_update_ratio"]
+    titles = [probe[f"metric_{m}"]["title"] for m in probe["metrics"]]
+    assert titles == ["gradient L2 norm", "gradient norm / weight norm", "update norm / weight norm"]
+    shown = probe["metric_log_update_ratio"]
+    assert shown["layer_lines"] == 4 and shown["heatmap_rows"] == NAMES
+    assert shown["first"] == pytest.approx([UPDATE_RATIO] * 3, rel=3e-3)  # log10 kept to 3 digits
 
 
 def test_several_runs_are_overlaid(tmp_path):

@@ -68,3 +68,14 @@ def test_reports_show_the_ratio_per_layer_and_the_noise_scale(tmp_path):
            f"{fmt(float(over_time.max()))} |" in ratio_row
     assert f"median over layers {fmt(float(np.median(per_layer.to_numpy())))} per step" in markdown
     assert "| noise scale B_simple |" in markdown and f"B_simple {fmt(latest['b_simple'])} samples" in markdown
+
+    from gradprobe.reports.chart_data import chart_data
+
+    (stream,) = chart_data([report])["streams"]
+    layers = stream["layers"]
+    expected = run.updates.pivot(index="step", columns="name", values="ratio")
+    assert layers["step"] == expected.index.tolist()  # a short run: one bin per sampled step
+    for name, column in zip(layers["names"], layers["log_update_ratio"]):
+        # log10 values kept to 3 significant digits: within 0.005 for ratios from 1e-10 to 0.1
+        np.testing.assert_allclose(column, np.log10(expected[name].to_numpy(np.float64)), rtol=0, atol=5e-3)
+    assert 'value="log_update_ratio"' in html
