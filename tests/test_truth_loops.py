@@ -559,3 +559,21 @@ def test_torch_func_grad_loop_without_backward_says_nothing_was_recorded(tmp_pat
     assert len(warnings) == 1 and "no step recorded" in warnings[0]
     run = gradprobe.list_runs(tmp_path / "runs")[0]
     assert run.meta["warnings"] == [warnings[0].removeprefix("gradprobe: warning: ")] and len(run.steps) == 0
+
+
+@pytest.mark.slow
+def test_the_truth_benchmark_checks_a_gan_loop_against_its_independent_hook(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    out = tmp_path / "truth.json"
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "truth" / "run.py"), "--only",
+                             "dcgan_two_optimizers", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (row,) = json.loads(out.read_text())["loops"]
+    assert row["steps_hook_vs_recorded"] == {"0": [20, 20], "1": [20, 20]}  # the loop steps D and G 20 times each
+    assert row["max_rel_error_pre_clip"] <= 1e-5 and row["max_rel_error_used_vs_policy"] <= 1e-5
+    # the cap, the median of both optimizers' norms, sits below every D step and above every G step
+    assert row["clipped_share"] == [1.0, 0.0] and row["max_rel_error_post_clip"] <= 1e-5
