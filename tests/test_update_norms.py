@@ -38,16 +38,21 @@ def _by_step(updates):
     return {(int(r.step), str(r.name)): r for r in updates.itertuples()}
 
 
-def test_sgd_update_is_lr_times_gradient_on_sampled_steps_only(tmp_path):
-    model, lr = _model(), 0.05
-    expected = {}
+def _sgd_updates(tmp_path, steps: int, every: int, lr: float = 0.05):
+    """Train ``_model()`` with SGD; the recorded updates by (step, name), and what SGD applies:
+    ``lr`` times the gradient's norm, computed here."""
+    model, expected = _model(), {}
 
     def note(step, grads, _before, _after):
         for name, g in grads.items():
             expected[(step, name)] = lr * torch.linalg.vector_norm(g).item()
 
-    run = _train(model, torch.optim.SGD(model.parameters(), lr=lr), 9, tmp_path, every=3, on_step=note)
-    rows = _by_step(run.updates)
+    run = _train(model, torch.optim.SGD(model.parameters(), lr=lr), steps, tmp_path, every=every, on_step=note)
+    return _by_step(run.updates), expected
+
+
+def test_sgd_update_is_lr_times_gradient_on_sampled_steps_only(tmp_path):
+    rows, expected = _sgd_updates(tmp_path, 9, every=3)
     assert sorted({step for step, _ in rows}) == [0, 3, 6]
     assert len(rows) == 3 * 4
     for key, row in rows.items():
@@ -57,18 +62,10 @@ def test_sgd_update_is_lr_times_gradient_on_sampled_steps_only(tmp_path):
 def test_a_model_above_the_copy_bound_is_measured_a_slice_per_sampled_step_in_turn(tmp_path, monkeypatch):
     from gradprobe.pytorch import update_norms
 
-    model, lr = _model(), 0.05
-    sizes = {name: p.numel() * p.element_size() for name, p in model.named_parameters()}
+    sizes = {name: p.numel() * p.element_size() for name, p in _model().named_parameters()}
     bound = 400  # bytes: the 384-byte first weight alone, or the three other tensors together
     monkeypatch.setattr(update_norms, "MAX_COPY_BYTES", bound)
-    expected = {}
-
-    def note(step, grads, _before, _after):
-        for name, g in grads.items():
-            expected[(step, name)] = lr * torch.linalg.vector_norm(g).item()
-
-    run = _train(model, torch.optim.SGD(model.parameters(), lr=lr), 12, tmp_path, every=3, on_step=note)
-    rows = _by_step(run.updates)
+    rows, expected = _sgd_updates(tmp_path, 12, every=3)
     measured = {step: sorted(name for s, name in rows if s == step) for step in (0, 3, 6, 9)}
     assert measured == {0: ["0.weight"], 3: ["0.bias", "2.bias", "2.weight"], 6: ["0.weight"],
                         9: ["0.bias", "2.bias", "2.weight"]}
