@@ -314,12 +314,18 @@ def resolve_run(ref: str | None, root: str | os.PathLike = DEFAULT_ROOT) -> Run:
         if not runs:
             raise RunFormatError(f"no runs under {root}; record one with `gradprobe profile SCRIPT`")
         return runs[-1]
-    candidate = Path(ref)
-    if not candidate.exists() and (Path(root) / ref).exists():
-        candidate = Path(root) / ref
+    candidate = _located(ref, root)
     if not candidate.exists():
         raise RunFormatError(f"{ref}: no such run directory")
     return Run(candidate)
+
+
+def _located(ref: str, root: str | os.PathLike) -> Path:
+    """``ref`` as a path when it exists, else as a name under ``root`` when that exists, else as given."""
+    candidate = Path(ref)
+    if not candidate.exists() and (Path(root) / ref).exists():
+        candidate = Path(root) / ref
+    return candidate
 
 
 def resolve_runs(refs: Sequence[str], root: str | os.PathLike = DEFAULT_ROOT) -> list[Run]:
@@ -328,7 +334,7 @@ def resolve_runs(refs: Sequence[str], root: str | os.PathLike = DEFAULT_ROOT) ->
     runs: list[Run] = []
     for ref in refs or [None]:
         if ref is not None:
-            candidate = Path(ref) if Path(ref).exists() else Path(root) / ref
+            candidate = _located(ref, root)
             if candidate.is_dir() and not (candidate / META_FILE).exists():
                 inside = list_runs(candidate)
                 if not inside:
