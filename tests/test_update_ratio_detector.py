@@ -13,12 +13,13 @@ LAYERS = ["enc.weight", "enc.bias", "dec.weight", "dec.bias"]
 SHAPES = [[8, 8], [8], [8, 8], [8]]
 
 
-def _run(tmp_path, ratios, norms=None, grads=None, n=400, every=2):
+def _run(tmp_path, ratios, norms=None, grads=None, n=400, every=2, loss=None):
     """A healthy gradient history whose sampled steps applied updates of ``ratios`` x the weights."""
     grads = np.stack([noisy(n, 0.5, 0.05, seed=j) for j in range(4)], axis=1) if grads is None else grads
     weights = np.ones((n, 4)) * [4.0, 0.5, 4.0, 0.5]
     writer = write_run(tmp_path, "run", noisy(n, 1.0, 0.05) if norms is None else norms, grads, LAYERS,
-                       shapes=SHAPES, every=every, param_norms=weights, loss=np.linspace(2, 1, n))
+                       shapes=SHAPES, every=every, param_norms=weights,
+                       loss=np.linspace(2, 1, n) if loss is None else loss)
     sampled = np.arange(0, n, every)
     ratios = np.asarray(ratios, dtype=np.float64)[sampled]
     rows, cols = np.nonzero(np.isfinite(ratios))
@@ -45,9 +46,22 @@ def test_a_weight_moving_far_too_fast_is_named(tmp_path):
     ratios = _healthy()
     ratios[:, 2] = 0.1  # dec.weight: 100x the rule of thumb
     ratios[:, 1] = 0.5  # a bias moving fast is not flagged (biases start near 0)
-    (finding,) = [f for f in diagnose(_run(tmp_path, ratios)) if f.kind == "update_ratio"]
-    assert finding.layers == ["dec.weight"]
+    flat = 1.5 + 0.01 * np.sin(np.arange(400))  # the loss does not improve: the steps do harm
+    (finding,) = [f for f in diagnose(_run(tmp_path, ratios, loss=flat)) if f.kind == "update_ratio"]
+    assert finding.severity == "warning" and finding.layers == ["dec.weight"]
     assert finding.evidence["max_median_ratio"] == pytest.approx(0.1, rel=1e-6)
+    assert finding.evidence["loss_improving"] is False
+
+
+def test_large_steps_while_the_loss_improves_steadily_are_info(tmp_path):
+    ratios = _healthy()
+    ratios[:, 2] = 0.1  # as the word-language-model recipe (SGD lr 20, clip 0.25) moves its weights
+    (finding,) = [f for f in diagnose(_run(tmp_path, ratios, loss=np.linspace(2, 1, 400)))
+                  if f.kind == "update_ratio"]
+    assert finding.severity == "info" and finding.layers == ["dec.weight"]
+    assert finding.evidence["loss_start"] == pytest.approx(np.median(np.linspace(2, 1, 400)[:80]), rel=1e-5)
+    assert finding.evidence["loss_improving"] is True
+    assert "nothing needs changing" in finding.advice
 
 
 def test_update_spike_is_reported_with_whether_the_gradient_spiked(tmp_path):

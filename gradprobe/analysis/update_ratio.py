@@ -7,7 +7,11 @@ layer's effective step size. The usual rule of thumb is about
 
 * ``update_ratio`` (warning): a weight matrix (2+ dimensions) whose median
   ratio exceeds :data:`HIGH_RATIO` (30x the rule of thumb): its learning rate
-  is far too high for it.
+  is far too high for it. As for explosion, the loss is the evidence of harm:
+  while it improves steadily over the sampled span
+  (:mod:`gradprobe.analysis.loss_trend`) the finding is ``info``: recipes
+  such as the word-language-model LSTM (SGD at lr 20, clipped at 0.25) take
+  such steps on purpose.
 * ``frozen_layer`` (warning): a layer that had a non-zero gradient at every
   sampled step, yet whose median ratio is below :data:`ZERO_RATIO` (1e-9,
   float32 rounding of an unchanged tensor is exactly 0): its parameter group's
@@ -30,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from gradprobe.analysis.findings import Finding, times
+from gradprobe.analysis.loss_trend import stream_loss_trend
 from gradprobe.analysis.robust import log10_norms, nanmedian, quiet
 from gradprobe.analysis.spike import MIN_HISTORY, MIN_RATIO, find_spikes, rolling_center_spread
 from gradprobe.store.streams import Stream
@@ -68,12 +73,19 @@ def detect(stream: Stream) -> list[Finding]:
     high = [j for j in range(grid.shape[1]) if not stream.is_vector[j] and median[j] > HIGH_RATIO]
     if high:
         worst = max(high, key=lambda j: median[j])
+        trend = stream_loss_trend(stream, span[0])
+        unharmed = trend is not None and trend.improving
+        moves = (f"each step moves {stream.names[worst]} by {median[worst]:.2g} of its norm (median), "
+                 f"{times(median[worst] / RULE_OF_THUMB)} the usual ~1e-3")
+        advice = (f"{moves}, while {trend.describe()}: training is not hurt, so nothing needs changing; if the "
+                  "loss stalls or spikes, lower its learning rate first." if unharmed else
+                  f"{moves}: lower its learning rate (or warm up longer).")
         findings.append(Finding(
-            "update_ratio", "warning", [stream.names[j] for j in sorted(high, key=lambda j: -median[j])], span,
+            "update_ratio", "info" if unharmed else "warning",
+            [stream.names[j] for j in sorted(high, key=lambda j: -median[j])], span,
             {"optimizer": stream.optimizer, "max_median_ratio": float(median[worst]), "rule_of_thumb": RULE_OF_THUMB,
-             "threshold": HIGH_RATIO, "layers": len(high)},
-            f"each step moves {stream.names[worst]} by {median[worst]:.2g} of its norm (median), "
-            f"{times(median[worst] / RULE_OF_THUMB)} the usual ~1e-3: lower its learning rate (or warm up longer)."))
+             "threshold": HIGH_RATIO, "layers": len(high), **(trend.evidence() if trend is not None else {})},
+            advice))
     moving = np.where(measured, grads, np.nan)
     frozen = [j for j in range(grid.shape[1]) if measured[:, j].any() and median[j] < ZERO_RATIO
               and np.all(moving[measured[:, j], j] > 0)]
