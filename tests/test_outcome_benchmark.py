@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from gradprobe.policies import parse_spec
 from gradprobe.recording.reseeding import mixed_seed
 from tests.conftest import REPO, require
 
@@ -64,11 +65,12 @@ def test_the_outcome_benchmark_trains_every_policy_and_summarises_it(tmp_path):
     script.write_text(TINY)
     work = tmp_path / "work"
     work.mkdir()
-    result = benchmark.run_task(script, [1, 2], work)
+    result = benchmark.run_task(script, [1, 2], work, candidates="none,global-norm:max=1")
 
     recommended = json.loads((work / "profile" / "p" / "recommendation.json").read_text())["recommendations"]
     tuned = json.loads((work / "tune" / "t" / "tune.json").read_text())
     assert result["recommend"] == recommended[0]["spec"] and result["tune"] == tuned["chosen"]
+    assert {trial["spec"] for trial in tuned["trials"]} == {None, str(parse_spec("global-norm:max=1"))}
     assert tuned["metric"] == benchmark.METRIC.pattern
     rows = result["policies"]
     assert set(rows) == {*benchmark.REFERENCES, "recommend", "tune"}

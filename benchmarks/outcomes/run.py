@@ -68,15 +68,17 @@ def train(script: Path, spec: str | None, seed: int, work: Path) -> float:
     return metric(result.stdout)
 
 
-def advice(script: Path, work: Path) -> dict:
-    """Profile once with seed 0; recommend's first spec and tune's choice (None: no clipping)."""
+def advice(script: Path, work: Path, candidates: str | None = None) -> dict:
+    """Profile once with seed 0; recommend's first spec and tune's choice (None: no clipping) among
+    ``candidates`` (tune's own grid by default)."""
     gradprobe("profile", "--quiet", "--out", str(work / "profile"), "--name", "p", "--seed", "0", str(script),
               cwd=work)
     run = work / "profile" / "p"
     recommended = json.loads(gradprobe("recommend", str(run), "--json", cwd=work).stdout)["recommendations"]
     first = recommended[0] if recommended else None
     started = time.monotonic()
-    gradprobe("tune", "--from", str(run), "--repeats", "2", "--metric", METRIC.pattern, "--out",
+    grid = ["--candidates", candidates] if candidates else []
+    gradprobe("tune", "--from", str(run), "--repeats", "2", *grid, "--metric", METRIC.pattern, "--out",
               str(work / "tune"), "--name", "t", str(script), cwd=work)
     tuned = json.loads((work / "tune" / "t" / "tune.json").read_text())
     return {"recommend": first["spec"] if first else None,
@@ -104,10 +106,10 @@ def within_noise(candidate: list[float], best: list[float]) -> bool:
     return bool(stats.ttest_ind(a, b, equal_var=False, alternative="greater").pvalue >= ALPHA)
 
 
-def run_task(script: Path, seeds: list[int], work: Path) -> dict:
+def run_task(script: Path, seeds: list[int], work: Path, candidates: str | None = None) -> dict:
     """Everything above for one task."""
     started = time.monotonic()
-    chosen = advice(script, work)
+    chosen = advice(script, work, candidates)
     policies = {**REFERENCES, "recommend": chosen["recommend"], "tune": chosen["tune"]}
     trained: dict[str | None, list[float]] = {}
     for spec in dict.fromkeys(policies.values()):
@@ -150,6 +152,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tasks", help="comma-separated task names (default: every script in tasks/)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per policy (default 3)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the JSON results")
+    parser.add_argument("--tune-candidates", help="tune only these comma-separated specs ('none' for no clipping; "
+                                                  "default: tune's own grid), for a quicker run")
     args = parser.parse_args(argv)
     scripts = sorted(TASKS.glob("*.py"))
     if args.tasks:
@@ -161,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     results = []
     for script in scripts:
         with tempfile.TemporaryDirectory() as work:
-            results.append(run_task(script, seeds, Path(work)))
+            results.append(run_task(script, seeds, Path(work), args.tune_candidates))
         print(f"{script.stem}: {results[-1]['seconds']:.0f} s", file=sys.stderr)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"seeds": seeds, "tasks": results}, indent=2) + "\n")
