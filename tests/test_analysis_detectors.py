@@ -504,6 +504,23 @@ def test_consequences_of_nan_and_double_reports_are_dropped():
     assert one_finding_per_cause([make("stalled_layer", "warning", 0, ["l0.w", "l1.w"]), deep]) == [deep]
     stalled = make("stalled_layer", "warning", 0, ["head.w"])
     assert one_finding_per_cause([stalled, deep]) == [stalled, deep]
+    assert one_finding_per_cause([make("frozen_layer", "warning", 0, ["l0.w"]), deep]) == [deep]
+
+
+@pytest.mark.parametrize("cause", [("explosion", "warning"), ("nonfinite", "critical"), ("vanishing", "warning")])
+def test_large_steps_beside_the_finding_that_explains_the_loss_are_info(cause):
+    from gradprobe.analysis.diagnose import one_finding_per_cause
+    from gradprobe.analysis.findings import Finding
+
+    explained = Finding(*cause, [], (10, 99), {"optimizer": 0})
+    fast = Finding("update_ratio", "warning", ["head.w"], (0, 99), {"optimizer": 0, "max_median_ratio": 0.2}, "slow down.")
+    other = Finding("update_ratio", "warning", ["b.w"], (0, 99), {"optimizer": 1}, "slow down.")
+    kept = one_finding_per_cause([explained, fast, other])
+    assert [(f.kind, f.severity, f.layers) for f in kept] == [
+        (cause[0], cause[1], []), ("update_ratio", "info", ["head.w"]), ("update_ratio", "warning", ["b.w"])]
+    assert kept[1].evidence == fast.evidence and kept[1].advice.startswith("slow down.")
+    assert f"The {cause[0]} finding explains the loss" in kept[1].advice
+    assert one_finding_per_cause([Finding(cause[0], "info", [], (10, 99), {"optimizer": 0}), fast])[1] is fast
 
 
 def test_a_layer_whose_share_falls_only_because_others_grow_is_not_vanishing(tmp_path):

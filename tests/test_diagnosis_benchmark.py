@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import require, run_cli
+
 REPO = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("diagnosis_run", REPO / "benchmarks" / "diagnosis" / "run.py")
 bench = importlib.util.module_from_spec(spec)
@@ -93,3 +95,29 @@ def test_fast_subset_runs_end_to_end(tmp_path):
     summary = bench.score(results)
     assert summary["recall"] == 1.0 and summary["healthy_with_false_alarm"] == 0
     json.dumps(summary, allow_nan=False)
+
+
+def _indices(samples: str) -> set[int]:
+    """``63-64,343`` as {63, 64, 343}."""
+    out = set()
+    for part in samples.split(","):
+        lo, _, hi = part.partition("-")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+@pytest.mark.slow
+def test_label_noise_spikes_name_batches_that_hold_a_corrupt_target(tmp_path):
+    torch = require("torch")
+    corrupt = set(torch.randperm(2048, generator=torch.Generator().manual_seed(1))[:20].tolist())  # as the script
+    run_dir, _, code, stderr = bench.profile(bench.SCRIPTS / "label_noise.py", tmp_path, "noise")
+    assert code == 0, stderr
+    report = run_cli("report", str(run_dir), "--format", "json", cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    (spike,) = [f for f in json.loads(report.stdout)["findings"] if f["kind"] == "spike"]
+    assert spike["severity"] == "warning" and spike["steps"][0] <= 60
+    named = {batch["step"]: _indices(batch["samples"]) for batch in spike["batches"]}
+    assert set(named) <= set(spike["evidence"]["spike_steps"]) and len(named) >= 3
+    assert all(batch["loader"] == "train_loader" and len(samples) == 32 for batch, samples
+               in zip(spike["batches"], named.values()))
+    assert all(samples & corrupt for samples in named.values()), {s: sorted(v & corrupt) for s, v in named.items()}

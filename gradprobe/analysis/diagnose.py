@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable, Sequence
 
 import pandas as pd
@@ -67,9 +68,13 @@ def one_finding_per_cause(findings: list[Finding]) -> list[Finding]:
       layers of the starved group, vanishing goes (the group is starved); when the
       starved group is among the vanishing layers, the imbalance goes (the layers
       vanish with depth).
-    * Layers too starved of gradient to move are vanishing, not stalled.
+    * Layers too starved of gradient to move are vanishing, not stalled or frozen (a float32
+      weight does not change under an update far below its rounding).
     * Layers whose measured update is zero (``frozen_layer``) that the stalled-layer check already
       names (their parameter norm never moved) are reported once, as stalled.
+    * Large steps (``update_ratio``) are a warning when the loss does not improve; when an
+      explosion, critical NaN/Inf or vanishing of the same optimizer already explains why it does
+      not, they are ``info`` beside that finding, which carries the advice.
     """
     drop = set()
     broken = {f.evidence["optimizer"]: f.steps[0] for f in findings
@@ -86,7 +91,7 @@ def one_finding_per_cause(findings: list[Finding]) -> list[Finding]:
         for b in findings:
             if b.kind != "vanishing" or a.evidence["optimizer"] != b.evidence["optimizer"]:
                 continue
-            if a.kind == "stalled_layer" and set(a.layers) & set(b.layers):
+            if a.kind in ("stalled_layer", "frozen_layer") and set(a.layers) & set(b.layers):
                 drop.add(id(a))
             if a.kind != "imbalance":
                 continue
@@ -95,4 +100,21 @@ def one_finding_per_cause(findings: list[Finding]) -> list[Finding]:
                 drop.add(id(b))
             elif starved & vanishing:
                 drop.add(id(a))
-    return [f for f in findings if id(f) not in drop]
+    return [_beside_the_cause(f, findings) for f in findings if id(f) not in drop]
+
+
+EXPLAIN_A_STALLED_LOSS = ("explosion", "nonfinite", "vanishing")
+
+
+def _beside_the_cause(finding: Finding, findings: list[Finding]) -> Finding:
+    """``finding`` as info when it is an update_ratio warning whose stalled or rising loss another
+    finding of its optimizer explains (see :func:`one_finding_per_cause`)."""
+    if finding.kind != "update_ratio" or finding.severity != "warning":
+        return finding
+    cause = next((f for f in findings if f.kind in EXPLAIN_A_STALLED_LOSS and f.severity != "info"
+                  and f.evidence["optimizer"] == finding.evidence["optimizer"]), None)
+    if cause is None:
+        return finding
+    return replace(finding, severity="info",
+                   advice=f"{finding.advice} The {cause.kind.replace('_', ' ')} finding explains the loss; "
+                          "its advice comes first.")

@@ -11,7 +11,9 @@ layer's effective step size. The usual rule of thumb is about
   while it improves steadily over the sampled span
   (:mod:`gradprobe.analysis.loss_trend`) the finding is ``info``: recipes
   such as the word-language-model LSTM (SGD at lr 20, clipped at 0.25) take
-  such steps on purpose.
+  such steps on purpose. Beside an explosion, NaN or vanishing finding of the
+  same optimizer, which explains the loss, it is ``info`` too
+  (:func:`gradprobe.analysis.diagnose.one_finding_per_cause`).
 * ``frozen_layer`` (warning): a layer that had a non-zero gradient at every
   sampled step, yet whose median ratio is below :data:`ZERO_RATIO` (1e-9,
   float32 rounding of an unchanged tensor is exactly 0): its parameter group's
