@@ -3,8 +3,8 @@
     python benchmarks/signals_overhead.py [--models cnn,transformer] [--rounds 5] [--steps 8] [--every 1]
 
 gradprobe records each workload twice, interleaved in rounds (order rotated each
-round): as it ships, and with the two measurements switched off (their hooks
-made no-ops), everything else alike. Both measure only the steps that sample
+round): as it ships, and with the two measurements switched off (``watch(signals=False)``,
+``--no-signals``), everything else alike. Both measure only the steps that sample
 per-layer statistics: ``--every 1`` (all steps) is the worst case, the default
 sampling is ``--every 10``. Each runs with one backward pass per step and with 4 accumulated
 micro-batches (each step then calls ``loss().backward()`` four times). Figures
@@ -20,38 +20,18 @@ import statistics
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gradprobe  # noqa: E402
-from gradprobe.pytorch.micro_batches import MicroBatchNorms  # noqa: E402
-from gradprobe.pytorch.update_norms import UpdateNorms  # noqa: E402
 from models import WORKLOADS  # noqa: E402
-
-SWITCHED = ((UpdateNorms, "before"), (UpdateNorms, "after"), (MicroBatchNorms, "before_backward"),
-            (MicroBatchNorms, "after_backward"))
-
-
-@contextmanager
-def signals(on: bool):
-    """The measurements as shipped (``on``) or made no-ops."""
-    saved = [(owner, name, getattr(owner, name)) for owner, name in SWITCHED]
-    if not on:
-        for owner, name in SWITCHED:
-            setattr(owner, name, lambda *args, **kwargs: None)
-    try:
-        yield
-    finally:
-        for owner, name, original in saved:
-            setattr(owner, name, original)
 
 
 def timed(work, on: bool, accumulate: int, steps: int, every: int, out: str) -> float:
     """CPU seconds per optimizer step under gradprobe."""
-    with signals(on), gradprobe.watch(work.model, out=out, every=every) as recording:
+    with gradprobe.watch(work.model, out=out, every=every, signals=on) as recording:
         for _ in range(2):  # warm-up: the first steps register the buffers
             for _ in range(accumulate):
                 work.loss().backward()

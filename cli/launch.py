@@ -42,6 +42,9 @@ NPROC = typer.Option(None, "--nproc-per-node", min=1, max=MAX_PROCESSES, help="S
                      "each running SCRIPT under gradprobe; the run directory is shared.")
 VERBOSE = typer.Option(False, "--verbose", help="Keep TensorFlow's and absl's own log lines (hidden by "
                        "default, unless set in the environment, e.g. TF_CPP_MIN_LOG_LEVEL).")
+SIGNALS = typer.Option(True, "--signals/--no-signals", help="On the sampled steps, also measure the applied "
+                       "updates and micro-batch gradient norms (update-to-weight ratios, noise scale; PyTorch). "
+                       "--no-signals: the cheapest recording.")
 ALL_RANKS = typer.Option(False, "--all-ranks", help="In a distributed run, record every rank (default: rank 0 "
                          "only), so that ranks whose gradients disagree are reported.")
 
@@ -72,7 +75,7 @@ def launch_ranks(nproc: int, script: str, args: list[str], options: list[str]) -
 def launch(script: str, args: Optional[List[str]], out: Path, name: Optional[str], every: int,
            max_steps: Optional[int], flush_every: int, seed: Optional[int], clip: Optional[str] = None,
            quiet: bool = False, nproc: Optional[int] = None, all_ranks: bool = False,
-           verbose: bool = False, skip_samples: Optional[Path] = None) -> None:
+           verbose: bool = False, skip_samples: Optional[Path] = None, signals: bool = True) -> None:
     """Check everything, run the script under a session (or under N ranks), and exit as the script did."""
     from gradprobe.launcher import Outcome, check_script, reraise_signal, run_script
     from gradprobe.reports.live import live_view
@@ -94,11 +97,12 @@ def launch(script: str, args: Optional[List[str]], out: Path, name: Optional[str
             if value is not None:
                 options += [flag, str(value)]
         options += ["--quiet"] * quiet + ["--all-ranks"] * all_ranks + ["--verbose"] * verbose
+        options += ["--no-signals"] * (not signals)
         raise typer.Exit(launch_ranks(nproc, script, args_list, options))
     if not verbose:
         quiet_framework_logs()
     session = Session(out=out, name=name, script=script, argv=[script, *args_list], max_steps=max_steps,
-                      sampling=Sampling(every=every, flush_every=flush_every), clip=clip, seed=seed,
+                      sampling=Sampling(every=every, flush_every=flush_every, signals=signals), clip=clip, seed=seed,
                       all_ranks=all_ranks, skip_samples=skips)
     with ExitStack() as view:
         view.enter_context(live_view(session, quiet or not session.recording))
@@ -116,7 +120,7 @@ def launch(script: str, args: Optional[List[str]], out: Path, name: Optional[str
 def profile(script: str = SCRIPT, args: Optional[List[str]] = ARGS, out: Path = OUT, name: Optional[str] = NAME,
             every: int = EVERY, max_steps: Optional[int] = MAX_STEPS, flush_every: int = FLUSH_EVERY,
             seed: Optional[int] = SEED, quiet: bool = QUIET, nproc_per_node: Optional[int] = NPROC,
-            all_ranks: bool = ALL_RANKS, verbose: bool = VERBOSE) -> None:
+            all_ranks: bool = ALL_RANKS, verbose: bool = VERBOSE, signals: bool = SIGNALS) -> None:
     """Run SCRIPT unmodified and record its gradients into a run directory.
 
     [bold]gradprobe profile train.py -- --epochs 1[/bold]
@@ -127,7 +131,7 @@ def profile(script: str = SCRIPT, args: Optional[List[str]] = ARGS, out: Path = 
     gradprobe prints only to stderr.
     """
     launch(script, args, out, name, every, max_steps, flush_every, seed, quiet=quiet, nproc=nproc_per_node,
-           all_ranks=all_ranks, verbose=verbose)
+           all_ranks=all_ranks, verbose=verbose, signals=signals)
 
 
 def run(
@@ -143,6 +147,7 @@ def run(
     skip_samples: Optional[Path] = typer.Option(None, "--skip-samples", help="Leave out these DataLoader "
                                                 "samples (a JSON file, e.g. RUN/skip-samples.json that "
                                                 "gradprobe report writes); with or without a clip policy."),
+    signals: bool = SIGNALS,
 ) -> None:
     """Run SCRIPT unmodified with a clip policy applied before every optimizer step, and record it.
 
@@ -170,4 +175,4 @@ def run(
         source = "" if clip_from is None else f" (from {visible(clip_from)})"
         print(f"gradprobe: clipping with {policy}{source}", file=sys.stderr)
     launch(script, args, out, name, every, max_steps, flush_every, seed, clip=policy, quiet=quiet,
-           nproc=nproc_per_node, all_ranks=all_ranks, verbose=verbose, skip_samples=skip_samples)
+           nproc=nproc_per_node, all_ranks=all_ranks, verbose=verbose, skip_samples=skip_samples, signals=signals)

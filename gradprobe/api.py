@@ -77,6 +77,7 @@ def watch(
     flush_seconds: float = DEFAULT_FLUSH_SECONDS,
     max_steps: int | None = None,
     clip: "str | Policy | None" = None,
+    signals: bool = True,
 ) -> Iterator[Recording]:
     """Record gradient statistics of the training done inside the ``with`` block.
 
@@ -87,6 +88,8 @@ def watch(
     step). ``max_steps``: leave the block (cleanly) after N optimizer steps.
     ``clip``: a clip policy spec (e.g. ``"autoclip:p=10"``) applied right before
     every optimizer step, reusing the norms it records (no second pass).
+    ``signals=False``: leave out the applied-update and micro-batch norms of
+    sampled steps (update-to-weight ratios, noise scale), for the cheapest recording.
 
     Example::
 
@@ -95,7 +98,7 @@ def watch(
                 opt.zero_grad(); loss_fn(model(x), y).backward(); opt.step()
         run = gradprobe.load_run(rec.path)
     """
-    session = Session(out=out, name=name, sampling=Sampling(every, flush_every, flush_seconds),
+    session = Session(out=out, name=name, sampling=Sampling(every, flush_every, flush_seconds, signals),
                       max_steps=max_steps, clip=clip)
     models = _models(model)
     session.recorders.append(_recorder(session, models).install())

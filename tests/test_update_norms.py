@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.conftest import require
+from tests.conftest import require, run_cli
 
 torch = require("torch")
 
@@ -140,3 +140,48 @@ def test_lr_zero_group_is_frozen_and_weight_decay_alone_is_decay_only(tmp_path):
     side = updates[updates["name"] == "side.weight"]
     # AdamW with a zero gradient only decays: the update is lr * wd * the weight
     assert np.allclose(side["ratio"], 1e-2 * 0.1, rtol=1e-3)
+
+
+ACCUMULATING = """
+import torch
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+opt = torch.optim.SGD(model.parameters(), lr=0.05)
+for step in range(12):
+    opt.zero_grad()
+    for micro in range(2):
+        x, y = torch.randn(16, 6), torch.randn(16, 3)
+        (torch.nn.functional.mse_loss(model(x), y) / 2).backward()
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in model.parameters()]))
+    print(f"{norm.item():.9g}")
+    opt.step()
+"""
+
+
+@pytest.mark.parametrize("signals", [True, False])
+def test_no_signals_records_the_norms_without_updates_or_micro_batches(tmp_path, write_script, signals):
+    script = write_script(ACCUMULATING)
+    flags = ["--every", "3"] + ([] if signals else ["--no-signals"])
+    result = run_cli("profile", "-q", *flags, "--out", "runs", "--name", "r", str(script), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    run = gradprobe.load_run(tmp_path / "runs" / "r")
+    assert run.meta["sampling"]["signals"] is signals
+    norms = [float(line) for line in result.stdout.split()]
+    assert run.steps["global_norm"].to_numpy() == pytest.approx(norms, rel=1e-5)
+    assert sorted(run.layers["step"].unique()) == [0, 3, 6, 9]
+    if signals:
+        assert sorted(run.updates["step"].unique()) == [0, 3, 6, 9] and len(run.noise) > 0
+    else:
+        assert run.updates.empty and run.noise.empty
+
+
+def test_watch_without_signals_measures_no_update(tmp_path):
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    with gradprobe.watch(model, out=tmp_path, every=1, signals=False) as recording:
+        for _ in range(4):
+            opt.zero_grad()
+            model(torch.randn(8, 6)).square().mean().backward()
+            opt.step()
+    run = recording.load()
+    assert len(run.steps) == 4 and run.layers["step"].nunique() == 4 and run.updates.empty

@@ -425,7 +425,7 @@ class TorchRecorder(GuardedHooks):
         if ref is None or ref() is not optimizer:
             self._optimizers[id(optimizer)] = weakref.ref(optimizer)
         self._note_micro_batches(buffer)
-        if buffer.sampled and buffer.weights is None:
+        if buffer.sampled and buffer.weights is None and self.session.sampling.signals:
             present = [i for i, p in enumerate(buffer.params) if p.grad is not None]
             buffer.updates.before(buffer.steps, [buffer.params[i] for i in present], present)
         grad_scale = getattr(optimizer, "grad_scale", None)
@@ -456,8 +456,8 @@ class TorchRecorder(GuardedHooks):
     def _micro_batch_params(self) -> list[torch.Tensor] | None:
         """The parameters whose micro-batch gradients are measured in the step under way: those of the
         one optimizer that steps, on its sampled steps (none with several optimizers, before the first
-        step, across ranks or with shards)."""
-        if len(self.buffers) != 1 or self.session.layout["world_size"] > 1:
+        step, across ranks, with shards or with the signals off)."""
+        if len(self.buffers) != 1 or self.session.layout["world_size"] > 1 or not self.session.sampling.signals:
             return None
         buffer = next(iter(self.buffers.values()))
         if buffer.weights is not None or not buffer.sampled:

@@ -52,12 +52,17 @@ class Sampling:
     first; a hard crash loses at most that interval. Before the first full
     interval a buffer also flushes after its steps 1, 2, 4, 8 ... (see
     :meth:`early`), so a run shows on disk and in the live view from its
-    first step, at the cost of a handful of extra device reads.
+    first step, at the cost of a handful of extra device reads. ``signals``:
+    on the sampled steps, also measure the update each optimizer step applied
+    and the gradient norm of each accumulated micro-batch (PyTorch: the
+    update-to-weight ratios and the gradient noise scale); ``False`` leaves
+    both out, for the cheapest recording.
     """
 
     every: int = DEFAULT_EVERY
     flush_every: int = DEFAULT_FLUSH_EVERY
     flush_seconds: float = DEFAULT_FLUSH_SECONDS
+    signals: bool = True
 
     def __post_init__(self) -> None:
         for field, ceiling in (("every", MAX_EVERY), ("flush_every", MAX_FLUSH_EVERY)):
