@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from gradprobe.store.sample_ranges import parse_ranges
 from tests.conftest import require, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,15 +98,6 @@ def test_fast_subset_runs_end_to_end(tmp_path):
     json.dumps(summary, allow_nan=False)
 
 
-def _indices(samples: str) -> set[int]:
-    """``63-64,343`` as {63, 64, 343}."""
-    out = set()
-    for part in samples.split(","):
-        lo, _, hi = part.partition("-")
-        out.update(range(int(lo), int(hi or lo) + 1))
-    return out
-
-
 @pytest.mark.slow
 def test_label_noise_spikes_name_batches_that_hold_a_corrupt_target(tmp_path):
     torch = require("torch")
@@ -116,7 +108,7 @@ def test_label_noise_spikes_name_batches_that_hold_a_corrupt_target(tmp_path):
     assert report.returncode == 0, report.stderr
     (spike,) = [f for f in json.loads(report.stdout)["findings"] if f["kind"] == "spike"]
     assert spike["severity"] == "warning" and spike["steps"][0] <= 60
-    named = {batch["step"]: _indices(batch["samples"]) for batch in spike["batches"]}
+    named = {batch["step"]: set(parse_ranges(batch["samples"])) for batch in spike["batches"]}
     assert set(named) <= set(spike["evidence"]["spike_steps"]) and len(named) >= 3
     assert all(batch["loader"] == "train_loader" and len(samples) == 32 for batch, samples
                in zip(spike["batches"], named.values()))

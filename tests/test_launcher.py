@@ -177,3 +177,19 @@ def test_quickstart_example_profiles_and_reports(tmp_path):
         assert name in report.stdout
     listing = run_cli("ls", cwd=tmp_path)
     assert run.name in listing.stdout and "finished" in listing.stdout
+
+
+@pytest.mark.parametrize("signals, forwarded", [(True, []), (False, ["--no-signals"])])
+def test_each_rank_gets_the_signals_switch(tmp_path, monkeypatch, signals, forwarded):
+    import typer
+
+    from gradprobe.cli import launch as launching
+
+    script = tmp_path / "train.py"
+    script.write_text("pass\n")
+    started = []
+    monkeypatch.setattr(launching, "launch_ranks", lambda nproc, path, args, options: started.append(options) or 0)
+    with pytest.raises(typer.Exit):
+        launching.launch(str(script), [], tmp_path, None, 10, None, 100, None, nproc=2, signals=signals)
+    (options,) = started
+    assert [o for o in options if "signals" in o] == forwarded

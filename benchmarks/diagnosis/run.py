@@ -212,8 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; exit 0 (the score is the output, not a pass/fail)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", action="append", default=[], help="Run only this script stem (repeatable).")
-    parser.add_argument("--out", type=Path, help=f"Where to write the JSON results (default {RESULTS.relative_to(HERE.parents[1])}; "
-                                                 "with --only, nowhere unless given).")
+    parser.add_argument("--out", type=Path, help="Where to write the JSON results (default "
+                        f"{RESULTS.relative_to(HERE.parents[1])}; with --only, nowhere unless given).")
     args = parser.parse_args(argv)
     cases = load_labels()
     if args.only:
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"command": "python -m benchmarks.diagnosis", "summary": summary,
-                                        "cases": results}, indent=1) + "\n")
+                                   "cases": results}, indent=1) + "\n")
         print(f"wrote {out}")
     return 0
 
