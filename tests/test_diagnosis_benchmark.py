@@ -82,7 +82,8 @@ def test_score_counts_recall_precision_and_false_alarms():
 
 @pytest.mark.slow
 def test_fast_subset_runs_end_to_end(tmp_path):
-    subset = ["nan_batch.py", "clip_after_step.py", "healthy_finetune_frozen_backbone.py"]
+    subset = ["nan_batch.py", "clip_after_step.py", "healthy_finetune_frozen_backbone.py",
+              "accumulation_divided_twice.py", "lr_wrecks_weights.py"]
     cases = [c for c in bench.load_labels() if c["script"] in subset]
     results = bench.run_cases(cases, tmp_path, progress=lambda *a, **k: None)
     by_script = {r["script"]: r for r in results}

@@ -9,6 +9,7 @@ import pandas as pd
 
 from gradprobe.analysis import clip_saturation, dead_layer, explosion, imbalance, nonfinite, spike, task_conflict
 from gradprobe.analysis import clip_after_step, rank_divergence, short_run, stalled_layer, update_ratio, vanishing
+from gradprobe.analysis import failed_to_learn, loss_divided_twice
 from gradprobe.analysis.findings import Finding
 from gradprobe.analysis.groups import check_groups, parse_groups
 from gradprobe.store.streams import Stream, split_streams
@@ -23,8 +24,10 @@ DETECTORS: dict[str, Callable[[Stream], list[Finding]]] = {
     "stalled_layer": stalled_layer.detect,
     "clip_saturation": clip_saturation.detect,
     "clip_after_step": clip_after_step.detect,
+    "loss_divided_twice": loss_divided_twice.detect,
     "rank_divergence": rank_divergence.detect,
     "update_ratio": update_ratio.detect,
+    "failed_to_learn": failed_to_learn.detect,
 }
 
 
@@ -72,6 +75,9 @@ def one_finding_per_cause(findings: list[Finding]) -> list[Finding]:
       weight does not change under an update far below its rounding).
     * Layers whose measured update is zero (``frozen_layer``) that the stalled-layer check already
       names (their parameter norm never moved) are reported once, as stalled.
+    * A loss that blew up and never recovered (``failed_to_learn``) explains the vanishing, dead or
+      unbalanced layers and the spikes of its optimizer: they go. When an explosion (warning or
+      worse) or a critical NaN/Inf of the optimizer is found, that is the finding, and it goes.
     * Large steps (``update_ratio``) are a warning when the loss does not improve; when an
       explosion, critical NaN/Inf or vanishing of the same optimizer already explains why it does
       not, they are ``info`` beside that finding, which carries the advice.
@@ -82,6 +88,14 @@ def one_finding_per_cause(findings: list[Finding]) -> list[Finding]:
     for f in findings:
         start = broken.get(f.evidence["optimizer"])
         if f.kind in CONSEQUENCES and start is not None and f.steps[0] > start:
+            drop.add(id(f))
+    explained = {f.evidence["optimizer"] for f in findings
+                 if (f.kind == "explosion" and f.severity != "info") or f.evidence["optimizer"] in broken}
+    wrecked = {f.evidence["optimizer"] for f in findings
+               if f.kind == "failed_to_learn" and f.evidence["optimizer"] not in explained}
+    for f in findings:
+        if (f.kind == "failed_to_learn" and f.evidence["optimizer"] in explained) \
+                or (f.kind in CONSEQUENCES and f.evidence["optimizer"] in wrecked):
             drop.add(id(f))
     stalled = {(f.evidence["optimizer"], name) for f in findings if f.kind == "stalled_layer" for name in f.layers}
     for f in findings:
@@ -103,7 +117,7 @@ def one_finding_per_cause(findings: list[Finding]) -> list[Finding]:
     return [_beside_the_cause(f, findings) for f in findings if id(f) not in drop]
 
 
-EXPLAIN_A_STALLED_LOSS = ("explosion", "nonfinite", "vanishing")
+EXPLAIN_A_STALLED_LOSS = ("explosion", "nonfinite", "vanishing", "failed_to_learn")
 
 
 def _beside_the_cause(finding: Finding, findings: list[Finding]) -> Finding:

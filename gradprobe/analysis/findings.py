@@ -25,7 +25,8 @@ import numpy as np
 
 KINDS = ("explosion", "vanishing", "spike", "nonfinite", "dead_layer", "clip_saturation", "imbalance",
          "task_conflict", "task_imbalance", "rank_divergence", "clip_after_step", "too_few_steps", "stalled_layer",
-         "update_ratio", "frozen_layer", "decay_only", "update_spike")
+         "update_ratio", "frozen_layer", "decay_only", "update_spike", "loss_divided_twice",
+         "failed_to_learn")
 SEVERITIES = ("info", "warning", "critical")
 
 

@@ -8,8 +8,8 @@ healthy stretch before it:
 
 * **trouble**: the first step whose pre-clip global norm is at least
   :data:`JUMP` (10x) the median of the steps before it (the spike detector's
-  rolling window), or the first step of a spike, explosion or non-finite
-  finding, whichever comes first;
+  rolling window), or the first step of a spike, explosion, non-finite or
+  failed-to-learn finding, whichever comes first;
 * **no trouble** (a healthy run): clipping has nothing to fix, and the spec
   is a guard at :data:`GUARD` (2x) the largest recorded norm, which never
   fires on this run and only stops a future blow-up;
@@ -43,7 +43,7 @@ GUARD = 2.0
 MIN_HEALTHY = 20
 HEALTHY_PERCENTILE = 10.0
 FALLBACK = 1.0
-TROUBLE_KINDS = ("spike", "explosion", "nonfinite")
+TROUBLE_KINDS = ("spike", "explosion", "nonfinite", "failed_to_learn")
 STRATEGY = "first-choice"
 
 

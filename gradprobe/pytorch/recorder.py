@@ -16,6 +16,9 @@
   evaluation in the step is recorded, matching the gradient, plus the losses
   back-propagated before the step when the closure does not zero the
   gradients (Lightning's ``accumulate_grad_batches``).
+* A step whose K > 1 backward passes each divided their loss by K twice
+  (:mod:`gradprobe.pytorch.loss_factors`) is counted in the optimizer's
+  ``loss_divided_twice`` entry of ``run.json``.
 * A script's own ``torch.nn.utils.clip_grad_norm_`` call is observed: its
   returned norm is recorded as the pre-clip norm and ``max_norm`` as the
   threshold, so the report can tell whether that clipping ever fires. A call
@@ -48,6 +51,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook, register_op
 from gradprobe.policies.base import recorded_threshold
 from gradprobe.pytorch.batch_fingerprint import InputFingerprints
 from gradprobe.pytorch.data_loaders import LoaderWatch
+from gradprobe.pytorch.loss_factors import divided_twice, loss_divisors
 from gradprobe.pytorch.micro_batches import MicroBatchNorms
 from gradprobe.pytorch.clip import TorchClipper, flag_skip_on_device, ops_for, restore_found_inf
 from gradprobe.pytorch.naming import ParamNamer
@@ -113,7 +117,8 @@ class TorchRecorder(GuardedHooks):
         self._backward_loss: torch.Tensor | None = None  # the last backward() call's
         self._zeroed = False  # a zero_grad() ran since this flag was last cleared
         self._step_loss: torch.Tensor | None = None
-        self._scaled_loss: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._scaled_loss: tuple[torch.Tensor, torch.Tensor] | None = None  # GradScaler.scale's (output, input)
+        self._loss_divisors: list[tuple[float, ...]] = []  # per backward() since the last recorded step
         self._user_clip: tuple[torch.Tensor, float] | None = None
         self._stepped: StepBuffer | None = None  # the buffer whose optimizer stepped since the last backward
         self._pre_steps: dict[int, int] = {}
@@ -174,7 +179,7 @@ class TorchRecorder(GuardedHooks):
         def scale(scaler, outputs):
             scaled = original_scale(scaler, outputs)
             if isinstance(outputs, torch.Tensor) and outputs.numel() == 1:
-                recorder._scaled_loss = (scaled, outputs.detach())
+                recorder._scaled_loss = (scaled, outputs)
             return scaled
 
         @functools.wraps(original_step)
@@ -409,7 +414,7 @@ class TorchRecorder(GuardedHooks):
         if stepped is None:
             self._user_clip = (total, max_norm)
         else:
-            self.session.note_clip_after_step(stepped.index, stepped.steps - 1, max_norm)
+            self.session.note_optimizer_event(stepped.index, "clip_after_step", stepped.steps - 1, max_norm=max_norm)
 
     def _record(self, optimizer, skipped: bool = False, clip: bool = True) -> None:
         """Record the optimizer's gradients; apply the clip policy when ``clip`` (the step follows)."""
@@ -418,8 +423,12 @@ class TorchRecorder(GuardedHooks):
             self._step_loss, self._pending_loss = self._pending_loss, None
         loss = self._step_loss
         user_clip, self._user_clip = self._user_clip, None
+        divisors, self._loss_divisors = self._loss_divisors, []
         if buffer is None:
             return
+        if divided_twice(divisors):
+            self.session.note_optimizer_event(buffer.index, "loss_divided_twice", buffer.steps,
+                                              micro_batches=len(divisors))
         self.batches.step(buffer.index, buffer.steps)
         ref = self._optimizers.get(id(optimizer))
         if ref is None or ref() is not optimizer:
@@ -544,11 +553,13 @@ class TorchRecorder(GuardedHooks):
         self._step_loss = self._backward_loss = None
         if tensor.numel() != 1 or not tensor.is_floating_point():
             return
-        loss = tensor.detach()
+        loss = tensor
         if self._scaled_loss is not None and self._scaled_loss[0] is tensor:
             loss = self._scaled_loss[1]
         self._scaled_loss = None
-        loss = self._backward_loss = loss.reshape(()).float()
+        if len(self._loss_divisors) < FEW_STEPS_RATIO:
+            self._loss_divisors.append(loss_divisors(loss))
+        loss = self._backward_loss = loss.detach().reshape(()).float()
         self._pending_loss = loss if self._pending_loss is None else self._pending_loss + loss
 
     def _after_backward(self) -> None:

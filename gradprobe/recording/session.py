@@ -190,10 +190,12 @@ class Session:
             self.writer.write_meta()
         return index
 
-    def note_clip_after_step(self, optimizer: int, step: int, max_norm: float) -> None:
-        """The script clipped after ``optimizer``'s step ``step``: gradients already used (written at the next flush)."""
-        entry = self.optimizers[optimizer].setdefault(
-            "clip_after_step", {"calls": 0, "first_step": step, "last_step": step, "max_norm": max_norm})
+    def note_optimizer_event(self, optimizer: int, event: str, step: int, **info: Any) -> None:
+        """Count one more step of ``optimizer`` showing ``event`` in its ``run.json`` entry (``calls``,
+        ``first_step``, ``last_step`` plus ``info`` as first seen); written at the next flush. Events:
+        ``clip_after_step`` (the script clipped gradients the update had already used, ``max_norm``) and
+        ``loss_divided_twice`` (``micro_batches``: each backward's loss was divided by their count twice)."""
+        entry = self.optimizers[optimizer].setdefault(event, {"calls": 0, "first_step": step, **info})
         entry["calls"] += 1
         entry["last_step"] = step
 
