@@ -26,7 +26,7 @@ from gradprobe.analysis import Finding, Stream, parse_groups
 from gradprobe.analysis.groups import assign_groups
 from gradprobe.analysis.imbalance import group_levels
 from gradprobe.analysis.robust import bin_medians, log10_norms, quiet
-from gradprobe.analysis.noise_scale import noise_scale
+from gradprobe.analysis.noise_scale import run_noise_scale
 from gradprobe.analysis.task_conflict import task_cosines, task_norms
 from gradprobe.analysis.update_ratio import ratios
 from gradprobe.reports.escape import mpl
@@ -325,7 +325,7 @@ def noise_plot(report: Report, stream: Stream) -> Plot | None:
     stats = noise_stats(report.run, stream)
     if stats is None:
         return None
-    frame = noise_scale(report.run.noise, stream.optimizer, report.run.batches)
+    frame = run_noise_scale(report.run, stream.optimizer)
     figure = _new_figure(12, 4)
     ax = figure.subplots()
     ax.plot(frame["step"], frame["b_simple"], linewidth=1.0, label="B_simple (EMA)")

@@ -172,7 +172,7 @@ def noise_stats(run: Run, stream: Stream) -> dict | None:
     """The gradient noise scale of ``stream``'s accumulating steps (:mod:`gradprobe.analysis.noise_scale`):
     the latest estimate with its advice, and ``over_time`` (B_simple at the steps that have one); None
     without one."""
-    frame = noise.noise_scale(run.noise, stream.optimizer, run.batches)
+    frame = noise.run_noise_scale(run, stream.optimizer)
     latest = noise.summary(frame)
     if latest is None:
         return None

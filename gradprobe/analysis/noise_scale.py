@@ -20,8 +20,13 @@ B_simple estimates the critical batch size: training to a given loss takes
 times the fewest possible samples (their eq. 2.11). Far below it, a larger
 batch cuts the steps almost in proportion; far above it, samples are wasted.
 
+Under DDP with W ranks the two gradients are one rank's and the all-reduced
+one (:mod:`gradprobe.pytorch.replica_norms`): K = W and b is the rank's samples
+per step (``replicas`` = W).
+
 b is read from the ``batches`` table (samples the DataLoader handed out per
-step, divided by K); without it, sizes are in micro-batches. The gradients'
+step, divided by the backward passes per rank, K / ``replicas``); without it,
+sizes are in micro-batches. The gradients'
 own scale (``loss / K`` or not, a loss scale) cancels in B_simple; |G|^2 and
 tr(S) are in the units of the script's micro-batch gradients.
 """
@@ -47,10 +52,18 @@ def _micro_batch_sizes(batches: pd.DataFrame | None, optimizer: int, steps: np.n
     return totals / passes
 
 
-def noise_scale(noise: pd.DataFrame, optimizer: int, batches: pd.DataFrame | None = None) -> pd.DataFrame:
+def replicas(meta: dict) -> int:
+    """The data-parallel ranks of a run (``run.json``'s ``world``): under DDP each ``noise`` row
+    compares one rank's gradient with the all-reduced one."""
+    return max(1, int((meta.get("world") or {}).get("world_size") or 1))
+
+
+def noise_scale(noise: pd.DataFrame, optimizer: int, batches: pd.DataFrame | None = None,
+                replicas: int = 1) -> pd.DataFrame:
     """Per accumulating step of ``optimizer``: K, micro-batch size ``b`` (NaN: unknown), the
     per-step unbiased ``g2`` and ``trace`` (per micro-batch when b is unknown), their EMAs and
-    ``b_simple`` (samples; in micro-batches when b is unknown), from the run's ``noise`` table."""
+    ``b_simple`` (samples; in micro-batches when b is unknown), from the run's ``noise`` table.
+    ``replicas``: the run's data-parallel ranks (:func:`replicas`)."""
     rows = noise[noise["optimizer"] == optimizer]
     rows = rows[rows["rank"] == rows["rank"].min()] if len(rows) else rows
     rows = rows.drop_duplicates("step", keep="last").sort_values("step")
@@ -58,7 +71,7 @@ def noise_scale(noise: pd.DataFrame, optimizer: int, batches: pd.DataFrame | Non
     k = rows["micro_batches"].to_numpy(dtype=np.float64)
     small = rows["micro_sq"].to_numpy(dtype=np.float64)
     big = rows["total_sq"].to_numpy(dtype=np.float64) / k**2
-    b = _micro_batch_sizes(batches, optimizer, steps, k)
+    b = _micro_batch_sizes(batches, optimizer, steps, k / replicas)
     unit = np.where(np.isfinite(b) & (b > 0), b, 1.0)
     b_small, b_big = unit, unit * k
     g2 = (b_big * big - b_small * small) / (b_big - b_small)
@@ -70,6 +83,11 @@ def noise_scale(noise: pd.DataFrame, optimizer: int, batches: pd.DataFrame | Non
     return pd.DataFrame({"step": steps, "micro_batches": k.astype(np.int64), "micro_batch_size": b,
                          "g2": g2, "trace": trace, "g2_ema": g2_ema, "trace_ema": trace_ema,
                          "b_simple": b_simple})
+
+
+def run_noise_scale(run, optimizer: int) -> pd.DataFrame:
+    """:func:`noise_scale` of a loaded run's ``optimizer``, with its batches and ranks."""
+    return noise_scale(run.noise, optimizer, run.batches, replicas(run.meta))
 
 
 def _ema(values: np.ndarray, ok: np.ndarray) -> np.ndarray:

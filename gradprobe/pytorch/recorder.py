@@ -55,6 +55,7 @@ from gradprobe.pytorch.loss_factors import divided_twice, loss_divisors
 from gradprobe.pytorch.micro_batches import MicroBatchNorms
 from gradprobe.pytorch.clip import TorchClipper, flag_skip_on_device, ops_for, restore_found_inf
 from gradprobe.pytorch.naming import ParamNamer
+from gradprobe.pytorch.replica_norms import ReplicaNorms
 from gradprobe.pytorch.norms import foreach_norms, global_norm
 from gradprobe.pytorch.sharding import full_norms, local
 from gradprobe.pytorch.step_buffer import StepBuffer
@@ -129,6 +130,7 @@ class TorchRecorder(GuardedHooks):
         self.inputs = InputFingerprints(self.batches)
         self.micro = MicroBatchNorms(torch.device("cpu"))  # re-made on the gradients' device at the first step
         self._measuring_micro = False  # the backward pass under way is measured by ``micro``
+        self.replicas = ReplicaNorms()  # this rank's and the all-reduced gradient under DDP
 
     # -- installation -------------------------------------------------------------------
 
@@ -170,6 +172,18 @@ class TorchRecorder(GuardedHooks):
             return result
 
         self._patch(torch.optim.Optimizer, "__init__", optimizer_init)
+
+        if torch.distributed.is_available() and self.session.layout["world_size"] > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            original_ddp_init = DistributedDataParallel.__init__
+
+            @functools.wraps(original_ddp_init)
+            def ddp_init(module, *args, **kwargs):
+                original_ddp_init(module, *args, **kwargs)
+                recorder._guard(recorder.replicas.watch)(module)
+
+            self._patch(DistributedDataParallel, "__init__", ddp_init)
 
         from torch.amp import GradScaler
 
@@ -457,10 +471,23 @@ class TorchRecorder(GuardedHooks):
         buffer.record(stats, loss=loss, skipped=skipped, pre_norm=pre_norm, scale=scale, threshold=user_clip[1])
 
     def _note_micro_batches(self, buffer: StepBuffer) -> None:
-        """The step ends the backward passes since the last one: note their micro-batch norms."""
+        """The step ends the backward passes since the last one: note their micro-batch norms, or
+        under DDP this rank's and the all-reduced gradient's."""
         measured = self.micro.take()
         if measured is not None and buffer.params is self.micro.params:
             buffer.note_micro_batches(measured)
+        replicas = self.replicas.take(self.session.layout["world_size"])
+        if replicas is not None and self._replica_buffer() is buffer:
+            buffer.note_micro_batches(replicas)
+
+    def _replica_buffer(self) -> StepBuffer | None:
+        """Under DDP, the buffer of the one optimizer whose step under way is measured from the
+        buckets (:mod:`gradprobe.pytorch.replica_norms`): on its sampled steps, with the signals on
+        and unsharded parameters."""
+        if len(self.buffers) != 1 or self.session.layout["world_size"] < 2 or not self.session.sampling.signals:
+            return None
+        buffer = next(iter(self.buffers.values()))
+        return buffer if buffer.weights is None and buffer.sampled else None
 
     def _micro_batch_params(self) -> list[torch.Tensor] | None:
         """The parameters whose micro-batch gradients are measured in the step under way: those of the
@@ -540,6 +567,9 @@ class TorchRecorder(GuardedHooks):
         if params is not None:
             self.micro.before_backward(params, self.batches.pending_batch)
         self.batches.backward()
+        if self.session.layout["world_size"] > 1 and self.session.sampling.signals:
+            self.replicas.hook_modules()
+            self.replicas.measuring = self._replica_buffer() is not None
         buffer = self._provisional_buffer()
         if buffer is not None and buffer.index is None and self._gradients_reset():
             self._resets += 1

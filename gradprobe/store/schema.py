@@ -50,7 +50,9 @@ sampled optimizer step that accumulated several backward passes: ``step``, ``opt
 ``rank``, ``micro_batches`` (the backward passes, K), ``micro_sq`` (the mean over
 them of the squared L2 norm of what each pass added to the gradients) and
 ``total_sq`` (the squared L2 norm of the accumulated gradient, the sum of those
-contributions, before any clipping). :mod:`gradprobe.analysis.noise_scale` turns them
+contributions, before any clipping). Under DDP (a run whose ``world`` has W > 1 ranks) a row
+compares this rank's gradient with the all-reduced one instead: K = W, ``micro_sq``
+this rank's squared norm, ``total_sq`` W² x the all-reduced gradient's. :mod:`gradprobe.analysis.noise_scale` turns them
 into the gradient noise scale.
 """
 
