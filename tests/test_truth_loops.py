@@ -577,3 +577,25 @@ def test_the_truth_benchmark_checks_a_gan_loop_against_its_independent_hook(tmp_
     assert row["max_rel_error_pre_clip"] <= 1e-5 and row["max_rel_error_used_vs_policy"] <= 1e-5
     # the cap, the median of both optimizers' norms, sits below every D step and above every G step
     assert row["clipped_share"] == [1.0, 0.0] and row["max_rel_error_post_clip"] <= 1e-5
+    # per layer: 2 optimizers x 2 sampled steps (0, 10) x 4 parameters, every name found in its module
+    assert (row["layer_rows_compared"], row["layer_names_missing"], row["layer_counts_match"]) == (16, 0, True)
+    assert row["max_rel_error_layers"] <= 1e-5 and row["ok"]
+
+
+@pytest.mark.slow
+def test_the_truth_hook_measures_a_closure_step_at_its_first_evaluation(tmp_path):
+    """LBFGS's pre-step gradient is stale: the hook wraps the closure, so the recorded first-evaluation
+    gradient matches; under --clip nothing is clipped (LBFGS updates with later gradients)."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    out = tmp_path / "truth.json"
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "truth" / "run.py"), "--only",
+                             "lbfgs_closure", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (row,) = json.loads(out.read_text())["loops"]
+    assert row["steps_hook_vs_recorded"] == {"0": [6, 6]}
+    assert row["max_rel_error_pre_clip"] <= 1e-5 and row["max_rel_error_used_vs_policy"] <= 1e-5
+    assert row["layer_rows_compared"] == 6 and row["layer_names_exact"] == 6 and row["ok"]
