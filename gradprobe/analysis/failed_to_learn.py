@@ -14,8 +14,8 @@ steps (at least :data:`MIN_STEPS`),
   its first value for :data:`SUSTAINED` (10) steps in a row, a rise no healthy
   run shows; corrupted batches (a spike, label noise) raise single steps
   that far, and the steps around them stay low;
-* it *never recovered* when the median of its last :data:`TAIL_FRACTION`
-  (20%, as the loss trend's edges) is still at least :data:`NO_PROGRESS_FRACTION`
+* it *never recovered* when the median of its last 20% (the loss trend's
+  edges, :data:`gradprobe.analysis.loss_trend.EDGE_FRACTION`) is still at least :data:`NO_PROGRESS_FRACTION`
   (half) of the first value.
 
 Both: ``critical``, the run learned nothing past the blow-up. A run that NaNs
@@ -30,12 +30,12 @@ import math
 import numpy as np
 
 from gradprobe.analysis.findings import Finding, script_name, times
+from gradprobe.analysis.loss_trend import EDGE_FRACTION
 from gradprobe.store.streams import Stream
 
 MIN_STEPS = 20
 BLOW_UP_FACTOR = 100.0
 SUSTAINED = 10
-TAIL_FRACTION = 0.2
 NO_PROGRESS_FRACTION = 0.5
 
 
@@ -50,7 +50,7 @@ def detect(stream: Stream) -> list[Finding]:
         return []
     first = float(losses[0])
     held = np.lib.stride_tricks.sliding_window_view(losses, SUSTAINED).min(axis=1)  # lowest of each run of steps
-    final = float(np.median(losses[-max(1, math.ceil(len(losses) * TAIL_FRACTION)):]))
+    final = float(np.median(losses[-max(1, math.ceil(len(losses) * EDGE_FRACTION)):]))
     if held.max() < BLOW_UP_FACTOR * first or final < NO_PROGRESS_FRACTION * first:
         return []
     peak_at = int(np.argmax(losses))

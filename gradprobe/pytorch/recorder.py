@@ -476,27 +476,26 @@ class TorchRecorder(GuardedHooks):
         measured = self.micro.take()
         if measured is not None and buffer.params is self.micro.params:
             buffer.note_micro_batches(measured)
-        replicas = self.replicas.take(self.session.layout["world_size"])
-        if replicas is not None and self._replica_buffer() is buffer:
-            buffer.note_micro_batches(replicas)
+        if self.session.layout["world_size"] > 1:
+            replicas = self.replicas.take(self.session.layout["world_size"])
+            if replicas is not None and self._signal_buffer() is buffer:
+                buffer.note_micro_batches(replicas)
 
-    def _replica_buffer(self) -> StepBuffer | None:
-        """Under DDP, the buffer of the one optimizer whose step under way is measured from the
-        buckets (:mod:`gradprobe.pytorch.replica_norms`): on its sampled steps, with the signals on
-        and unsharded parameters."""
-        if len(self.buffers) != 1 or self.session.layout["world_size"] < 2 or not self.session.sampling.signals:
+    def _signal_buffer(self) -> StepBuffer | None:
+        """The buffer whose step under way measures the gradient noise signals: that of the one
+        optimizer that steps, on its sampled steps (none with several optimizers, before the first
+        step, with shards or with the signals off). Across ranks they are read from DDP's buckets
+        (:mod:`gradprobe.pytorch.replica_norms`), else from the micro-batches."""
+        if len(self.buffers) != 1 or not self.session.sampling.signals:
             return None
         buffer = next(iter(self.buffers.values()))
         return buffer if buffer.weights is None and buffer.sampled else None
 
     def _micro_batch_params(self) -> list[torch.Tensor] | None:
-        """The parameters whose micro-batch gradients are measured in the step under way: those of the
-        one optimizer that steps, on its sampled steps (none with several optimizers, before the first
-        step, across ranks, with shards or with the signals off)."""
-        if len(self.buffers) != 1 or self.session.layout["world_size"] > 1 or not self.session.sampling.signals:
-            return None
-        buffer = next(iter(self.buffers.values()))
-        if buffer.weights is not None or not buffer.sampled:
+        """The parameters whose micro-batch gradients are measured in the step under way: those of
+        :meth:`_signal_buffer`, in a single process."""
+        buffer = self._signal_buffer()
+        if buffer is None or self.session.layout["world_size"] > 1:
             return None
         if self.micro.device != buffer.device:
             self.micro = MicroBatchNorms(buffer.device)
@@ -569,7 +568,7 @@ class TorchRecorder(GuardedHooks):
         self.batches.backward()
         if self.session.layout["world_size"] > 1 and self.session.sampling.signals:
             self.replicas.hook_modules()
-            self.replicas.measuring = self._replica_buffer() is not None
+            self.replicas.measuring = self._signal_buffer() is not None
         buffer = self._provisional_buffer()
         if buffer is not None and buffer.index is None and self._gradients_reset():
             self._resets += 1

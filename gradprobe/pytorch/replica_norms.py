@@ -43,6 +43,7 @@ class ReplicaNorms:
         self._lock = threading.Lock()  # the reduced buckets' callbacks may run on communication threads
         self._local: list[torch.Tensor] = []
         self._reduced: list[torch.Tensor] = []
+        self._plain_allreduce = None  # torch's allreduce_hook, imported with the first module hooked
 
     def watch(self, ddp: torch.nn.Module) -> None:
         """A DDP module was built: hook it at the next :meth:`hook_modules`."""
@@ -52,6 +53,9 @@ class ReplicaNorms:
         """Give every DDP module built so far the measuring all-reduce, unless it has a comm hook."""
         if not self._modules:
             return
+        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+        self._plain_allreduce = allreduce_hook
         modules, self._modules = list(self._modules), weakref.WeakSet()
         for ddp in modules:
             if getattr(ddp, "_comm_hooks", None):
@@ -62,21 +66,19 @@ class ReplicaNorms:
                 continue
 
     def _allreduce(self, process_group, bucket):
-        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
-
         if not self.measuring:
-            return allreduce_hook(process_group, bucket)
+            return self._plain_allreduce(process_group, bucket)
         local = _squared(bucket.buffer())
         with self._lock:
             self._local.append(local)
 
-        def reduced(future):
-            tensor = future.value()[0] if isinstance(future.value(), list) else future.value()
+        def reduced(future):  # allreduce_hook's future holds the reduced bucket
+            tensor = future.value()
             with self._lock:
                 self._reduced.append(_squared(tensor))
             return tensor
 
-        return allreduce_hook(process_group, bucket).then(reduced)
+        return self._plain_allreduce(process_group, bucket).then(reduced)
 
     def take(self, world_size: int) -> tuple[int, torch.Tensor, torch.Tensor] | None:
         """``(W, local squared norm, W² x reduced squared norm)`` of the step just ended, or None
